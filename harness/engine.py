@@ -1,0 +1,166 @@
+"""The engine, top-down: plan a case -> probe its largest micro-batch -> time it -> one Result.
+
+Both phases are real distributed jobs (harness.launch) running the real Trainer (harness.worker).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from harness import oom
+from harness.cases import Case
+from harness.launch import JobOutcome, run_job
+from harness.plan import BatchNotDivisibleError, candidate_micro_batches, make_plan, per_device_target
+from harness.result import Result, sanity_problems
+from harness.store import ResultStore
+
+Progress = Callable[[str, str], None]  # (case id, phase)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EngineOptions:
+    timed_steps: int = 5
+    warmup_steps: int | None = None  # default: 3 when compiling (recompiles settle), else 2
+    # Micro-batches run per timed step; a larger accumulation is extrapolated from them (the
+    # accumulation check and the validation mode prove the extrapolation).
+    max_measured_grad_acc: int = 4
+    full_accumulation: bool = False  # time at the recipe's accumulation: no extrapolation
+    probe_divisors: bool = False  # probe every divisor of the per-GPU batch, not only powers of two
+    max_micro_batch: int | None = None  # cap the probe (a memory budget below the card's, or CPU runs)
+    timeout_s: float = 1800.0
+    work_dir: Path = Path("runs") / "jobs"
+    force: bool = False  # rerun even if the store holds a result for this case and environment
+    progress: Progress | None = field(default=None, compare=False)
+    env: dict[str, str] = field(default_factory=dict, hash=False)  # extra job environment (faults in tests)
+
+
+def measure_case(case: Case, *, store: ResultStore, environment: dict[str, Any], fingerprint: str,
+                 options: EngineOptions = EngineOptions()) -> Result:
+    """The stored result if this case was measured in this environment, else a new measurement."""
+    if not options.force and (done := store.latest(case.id, fingerprint)) is not None:
+        return done
+    result = _measure(case, environment=environment, fingerprint=fingerprint, options=options)
+    store.append(result)
+    return result
+
+
+def _measure(case: Case, *, environment: dict[str, Any], fingerprint: str, options: EngineOptions) -> Result:
+    base = Result(case=case, status="error", environment=environment, fingerprint=fingerprint)
+    try:
+        target = per_device_target(case)
+    except BatchNotDivisibleError as error:
+        return replace(base, status="infeasible", reason=str(error))
+    job_root = options.work_dir / case.id / time.strftime("%Y%m%dT%H%M%S")
+    candidates = candidate_micro_batches(case, all_divisors=options.probe_divisors)
+    if options.max_micro_batch is not None:
+        candidates = [c for c in candidates if c <= options.max_micro_batch] or candidates[:1]
+
+    _report(options, case, "probe")
+    probe = _run(case, "probe", {"micro_batches": candidates}, candidates[-1], 1, options, job_root / "probe")
+    fits = _fitting(probe, case.num_gpus, candidates)
+    probe_log = [e for e in probe.events if e.get("event") in ("fit", "oom")]
+    base = replace(base, probe=probe_log)
+    ooms = probe.oom_events()
+    if not probe.ok and not ooms:
+        return replace(base, reason=f"probe failed: {probe.failure()}")
+    if not fits:
+        first = ooms[0]
+        return replace(base, status="infeasible", reason=oom.reason(first["micro_batch"], first))
+
+    timing_ooms = []
+    for micro_batch in reversed(fits):
+        grad_acc = target // micro_batch
+        measured = grad_acc if options.full_accumulation else min(grad_acc, options.max_measured_grad_acc)
+        _report(options, case, f"time mb={micro_batch} gas={measured}/{grad_acc}")
+        outcome = _run(case, "time", {"target_grad_acc_steps": grad_acc}, micro_batch, measured, options,
+                       job_root / f"time-mb{micro_batch}")
+        if outcome.ok:
+            return _finish(base, case, outcome.result or {}, micro_batch, grad_acc, timing_ooms)
+        if not outcome.oom_events():
+            return replace(base, micro_batch_size=micro_batch, reason=f"timing failed: {outcome.failure()}")
+        # The probe's step fitted but the timed run did not (compiled graphs differ in size):
+        # step down to the next smaller micro-batch.
+        timing_ooms.append(oom.reason(micro_batch, outcome.oom_events()[0]))
+    return replace(base, status="infeasible", reason="; ".join(timing_ooms))
+
+
+def _warmup(case: Case, options: EngineOptions, plan_args: dict[str, Any]) -> int:
+    if options.warmup_steps is not None:
+        return options.warmup_steps
+    return 3 if plan_args.get("torch_compile") else 2
+
+
+def _run(case: Case, mode: str, extra: dict[str, Any], micro_batch: int, grad_acc: int,
+         options: EngineOptions, job_dir: Path) -> JobOutcome:
+    plan = make_plan(case, micro_batch, grad_acc, max_steps=1, output_dir=str(job_dir / "trainer"))
+    warmup = _warmup(case, options, plan.training_args)
+    steps = warmup + options.timed_steps if mode == "time" else len(extra.get("micro_batches", [1]))
+    plan = make_plan(case, micro_batch, grad_acc, max_steps=steps, output_dir=str(job_dir / "trainer"))
+    job = {"mode": mode, "plan": plan.to_dict(), "warmup_steps": warmup,
+           "device": "cpu" if case.gpu_type == "cpu" else "cuda", **extra}
+    return run_job(job, nproc=case.gpus_per_node, num_nodes=case.num_nodes, job_dir=job_dir,
+                   timeout_s=options.timeout_s, env=options.env)
+
+
+def _fitting(probe: JobOutcome, world: int, candidates: list[int]) -> list[int]:
+    """Micro-batches whose probe step completed on every rank, below the first that ran out of memory."""
+    counts: dict[int, int] = {}
+    for event in probe.events:
+        if event.get("event") == "fit":
+            counts[event["micro_batch"]] = counts.get(event["micro_batch"], 0) + 1
+    fits = []
+    for size in candidates:
+        if counts.get(size, 0) < world:
+            break
+        fits.append(size)
+    return fits
+
+
+def _finish(base: Result, case: Case, timing: dict[str, Any], micro_batch: int, grad_acc: int,
+            timing_ooms: list[str]) -> Result:
+    from hardware import get_gpu
+    from models import get_model
+
+    spec = get_model(case.model)
+    recipe = spec.recipe
+    plan = make_plan(case, micro_batch, grad_acc)  # exactly what the report exports
+    step = timing["step_time_s"]
+    samples_per_s = recipe.global_batch / step
+    flops_per_gpu = spec.flops_per_sample() * samples_per_s / case.num_gpus
+    peak = get_gpu(case.gpu_type).peak(recipe.precision, tf32=bool(plan.training_args.get("tf32")))
+    result = replace(
+        base,
+        status="ok",
+        reason="; ".join(timing_ooms),
+        micro_batch_size=micro_batch,
+        grad_acc_steps=grad_acc,
+        measured_grad_acc_steps=timing["measured_grad_acc_steps"],
+        step_time_s=step,
+        step_time_spread_s=timing["step_time_spread_s"],
+        training_days=recipe.training_steps * step / 86400.0,
+        samples_per_s=samples_per_s,
+        tokens_per_s=samples_per_s * spec.tokens_per_sample,
+        tflops_per_gpu=flops_per_gpu / 1e12,
+        mfu=flops_per_gpu / peak if peak else None,
+        peak_memory_gib=timing["peak_memory_gib"],
+        compile_s=timing["first_step_overhead_s"] if timing.get("compiled") else None,
+        attention=timing.get("attention"),
+        kernels=plan.use_kernels if spec.kernels else None,
+        timing={k: v for k, v in timing.items() if k not in ("optimizer", "environment")},
+        optimizer=timing.get("optimizer", {}),
+        plan=plan.to_dict(),
+        environment=base.environment | {"worker": timing.get("environment", {})},
+    )
+    problems = sanity_problems(result)
+    if problems:
+        return replace(result, status="error", reason="sanity gate: " + "; ".join(problems))
+    return result
+
+
+def _report(options: EngineOptions, case: Case, phase: str) -> None:
+    if options.progress is not None:
+        options.progress(case.id, phase)

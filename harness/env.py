@@ -1,0 +1,71 @@
+"""The environment fingerprint: what a result was measured with, and the key results are stored by.
+
+The code version is a hash of the measuring code itself (harness/ and models/), so that a change to
+what is measured invalidates stored results while edits elsewhere (reports, docs) do not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import platform
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("torch", "transformers", "accelerate", "deepspeed")
+# The fields that make two results comparable; the rest of the environment is descriptive.
+KEY_FIELDS = ("gpu_name", "gpu_count", "driver", "cuda", "torch", "transformers", "deepspeed", "code_version")
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@cache
+def code_version() -> str:
+    digest = hashlib.sha256()
+    for package in ("harness", "models"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            digest.update(path.relative_to(ROOT).as_posix().encode())
+            digest.update(path.read_bytes())
+    return f"{package_version('pretrain-bench') or '0+local'}-{digest.hexdigest()[:12]}"
+
+
+def controller_environment(node: Any) -> dict[str, Any]:
+    """The fingerprint as the controller sees it: no CUDA context, the node from NVML/nvidia-smi."""
+    import torch  # the version strings only; importing torch creates no CUDA context
+
+    return {
+        "gpu_name": node.gpu_name or "cpu",
+        "gpu_count": node.count,
+        "driver": node.driver_version,
+        "cuda": torch.version.cuda,
+        **{name: package_version(name) for name in PACKAGES},
+        "python": platform.python_version(),
+        "code_version": code_version(),
+    }
+
+
+def runtime_environment() -> dict[str, Any]:
+    """The fingerprint as a worker sees it (it already holds a CUDA context)."""
+    import torch
+
+    env: dict[str, Any] = {
+        "gpu_name": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "cuda": torch.version.cuda,
+        **{name: package_version(name) for name in PACKAGES},
+        "python": platform.python_version(),
+        "code_version": code_version(),
+        "hostname": platform.node(),
+    }
+    return env
+
+
+def fingerprint_key(env: dict[str, Any]) -> str:
+    text = "|".join(f"{k}={env.get(k)}" for k in KEY_FIELDS)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,154 @@
+"""Launch: every probe and timing is a real distributed job in fresh processes, through torchrun.
+
+One node: `python -m torch.distributed.run --standalone`-style with a free port per job (parallel
+pytest workers never collide). Several nodes: the same command on every node with a c10d rendezvous
+(MASTER_ADDR/MASTER_PORT, NNODES, NODE_RANK from the environment, as SLURM job steps set them).
+A timeout bounds every job; the whole process group is killed when it expires. stdout/stderr go to
+the job folder and their tail comes back with the outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.env import ROOT
+
+# NVLink multicast (NVLS) can take a shared host's GPUs out of service; the suite never needs it.
+SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+TAIL_CHARS = 4000
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class JobOutcome:
+    returncode: int | None
+    timed_out: bool
+    elapsed_s: float
+    result: dict[str, Any] | None
+    events: list[dict[str, Any]] = field(hash=False)
+    output_tail: str
+    job_dir: Path
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and self.result is not None
+
+    def oom_events(self) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("event") == "oom"]
+
+    def failure(self) -> str:
+        """Why the job did not produce a result, with the tail of its output."""
+        if self.timed_out:
+            head = f"job timed out after {self.elapsed_s:.0f} s and was killed"
+        elif self.returncode is not None and self.returncode < 0:
+            head = f"job killed by signal {-self.returncode}"
+        else:
+            head = f"job exited with code {self.returncode}"
+        return f"{head} (log: {self.job_dir / 'output.log'})\n{self.output_tail}"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_command(nproc: int, job_file: Path, *, num_nodes: int = 1) -> list[str]:
+    base = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--max-restarts=0"]
+    if num_nodes == 1:
+        rdzv = ["--nnodes=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}"]
+    else:
+        endpoint = f"{os.environ['MASTER_ADDR']}:{os.environ.get('MASTER_PORT', '29500')}"
+        rdzv = [f"--nnodes={num_nodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}",
+                f"--rdzv-id={os.environ.get('SLURM_JOB_ID', 'pretrain-bench')}"]
+    return [*base, *rdzv, "-m", "harness.worker", str(job_file)]
+
+
+def run_job(
+    job: dict[str, Any],
+    *,
+    nproc: int,
+    job_dir: Path,
+    timeout_s: float,
+    num_nodes: int = 1,
+    env: dict[str, str] | None = None,
+) -> JobOutcome:
+    job_dir.mkdir(parents=True, exist_ok=True)
+    for stale in [*job_dir.glob("events-rank*.jsonl"), job_dir / "result.json"]:
+        stale.unlink(missing_ok=True)
+    job_file = job_dir / "job.json"
+    job_file.write_text(json.dumps(job, indent=1))
+    cmd = torchrun_command(nproc, job_file, num_nodes=num_nodes)
+    full_env = {**os.environ, **SAFE_ENV, "PYTHONPATH": _pythonpath(), "PYTHONUNBUFFERED": "1", **(env or {})}
+    if "cuda" not in job.get("device", "cuda"):
+        # CPU jobs share the host's cores: one thread per rank keeps ranks from fighting.
+        full_env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    log_path = job_dir / "output.log"
+    started = time.monotonic()
+    with log_path.open("wb") as log:
+        log.write((" ".join(cmd) + "\n").encode())
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=ROOT, start_new_session=True)
+        timed_out = False
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill_group(proc)
+    elapsed = time.monotonic() - started
+    result_file = job_dir / "result.json"
+    result = json.loads(result_file.read_text()) if result_file.exists() and not timed_out else None
+    return JobOutcome(
+        returncode=proc.returncode,
+        timed_out=timed_out,
+        elapsed_s=elapsed,
+        result=result,
+        events=_read_events(job_dir),
+        output_tail=_tail(log_path),
+        job_dir=job_dir,
+    )
+
+
+def _pythonpath() -> str:
+    existing = os.environ.get("PYTHONPATH")
+    return f"{ROOT}{os.pathsep}{existing}" if existing else str(ROOT)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the job's whole process group (torchrun and its workers), SIGKILL what outlives 10 s."""
+    for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _read_events(job_dir: Path) -> list[dict[str, Any]]:
+    events = []
+    for path in sorted(job_dir.glob("events-rank*.jsonl")):
+        rank = int(path.stem.removeprefix("events-rank"))
+        for line in path.read_text().splitlines():
+            if line.strip():  # a rank killed mid-write leaves at most one partial last line
+                try:
+                    events.append(json.loads(line) | {"rank": rank})
+                except json.JSONDecodeError:
+                    continue
+    return events
+
+
+def _tail(path: Path) -> str:
+    data = path.read_bytes()[-TAIL_CHARS:]
+    return data.decode(errors="replace")

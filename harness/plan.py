@@ -1,0 +1,234 @@
+"""The plan: from a case, a micro-batch and an accumulation count, the exact Trainer settings.
+
+`make_plan` is the single source of truth: the worker trains with its output and the report exports
+it unchanged, so that what a user copies is what was measured.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.cases import Case
+from harness.methods import DEEPSPEED_STAGES, FSDP_STRATEGIES
+
+# Optimizer classes by recipe name. The recipe's "adam" is torch's Adam (L2-style weight decay, as
+# the original code ran it), not AdamW.
+TORCH_OPTIMIZERS = {"adam": "torch.optim:Adam", "adamw": "torch.optim:AdamW"}
+DEEPSPEED_OPTIMIZERS = {"adam": ("Adam", False), "adamw": ("AdamW", True)}
+
+
+class BatchNotDivisibleError(ValueError):
+    """The global batch cannot be split evenly over the case's GPUs."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Plan:
+    case: Case
+    micro_batch_size: int
+    grad_acc_steps: int
+    attn_implementation: str | None  # what the model is built with (None: the model has no attention)
+    use_kernels: bool  # Mamba's CUDA kernels (mamba-ssm, causal-conv1d)
+    # Keyword arguments of transformers.TrainingArguments, JSON-ready (DeepSpeed dict and FSDP config inside).
+    training_args: dict[str, Any] = field(hash=False)
+    # Optimizer class and its arguments when the Trainer builds it (None under DeepSpeed: the DeepSpeed
+    # config names the optimizer and its hyper-parameters).
+    optimizer: dict[str, Any] | None = field(hash=False)
+
+    @property
+    def deepspeed(self) -> dict[str, Any] | None:
+        return self.training_args.get("deepspeed")
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return {
+            "case": asdict(self.case) | {"id": self.case.id},
+            "micro_batch_size": self.micro_batch_size,
+            "grad_acc_steps": self.grad_acc_steps,
+            "attn_implementation": self.attn_implementation,
+            "use_kernels": self.use_kernels,
+            "training_args": self.training_args,
+            "optimizer": self.optimizer,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def per_device_target(case: Case) -> int:
+    """The per-GPU share of the recipe's global batch (micro-batch x accumulation must reach it)."""
+    from models import get_model
+
+    global_batch = get_model(case.model).recipe.global_batch
+    if global_batch % case.num_gpus:
+        raise BatchNotDivisibleError(
+            f"global batch {global_batch} of {case.model} is not divisible by {case.num_gpus} GPUs"
+        )
+    return global_batch // case.num_gpus
+
+
+def candidate_micro_batches(case: Case, *, all_divisors: bool = False) -> list[int]:
+    """Micro-batch sizes to probe, ascending: the powers of two (or all divisors) of the per-GPU batch."""
+    target = per_device_target(case)
+    divisors = [d for d in range(1, target + 1) if target % d == 0]
+    if all_divisors:
+        return divisors
+    return [d for d in divisors if d & (d - 1) == 0]
+
+
+def package_available(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def make_plan(
+    case: Case,
+    micro_batch_size: int,
+    grad_acc_steps: int | None = None,
+    *,
+    max_steps: int | None = None,
+    output_dir: str = "runs/train",
+    seed: int = 0,
+) -> Plan:
+    """The complete Trainer settings for `case` at this micro-batch.
+
+    `grad_acc_steps` defaults to the recipe's (per-GPU target / micro-batch) and `max_steps` to the
+    recipe's step count; the worker shortens both for timing and says so in its result.
+    """
+    from hardware import get_gpu
+    from models import get_model
+
+    spec = get_model(case.model)
+    recipe = spec.recipe
+    method = case.method
+    gpu = get_gpu(case.gpu_type)
+    on_gpu = case.gpu_type != "cpu"
+    target = per_device_target(case)
+    if grad_acc_steps is None:
+        if target % micro_batch_size:
+            raise BatchNotDivisibleError(f"micro-batch {micro_batch_size} does not divide the per-GPU batch {target}")
+        grad_acc_steps = target // micro_batch_size
+
+    attn = _attention(spec, method.free_lunch, recipe.precision, on_gpu)
+    use_kernels = bool(spec.kernels) and method.free_lunch and on_gpu and all(map(package_available, spec.kernels))
+    ckpt = method.activation_checkpointing
+    args: dict[str, Any] = {
+        "output_dir": output_dir,
+        "max_steps": max_steps if max_steps is not None else recipe.training_steps,
+        "per_device_train_batch_size": micro_batch_size,
+        "gradient_accumulation_steps": grad_acc_steps,
+        "learning_rate": recipe.lr,
+        "adam_beta1": recipe.betas[0],
+        "adam_beta2": recipe.betas[1],
+        "adam_epsilon": recipe.eps,
+        "weight_decay": recipe.weight_decay,
+        "lr_scheduler_type": recipe.lr_scheduler_type,
+        "lr_scheduler_kwargs": dict(recipe.lr_scheduler_kwargs_dict),
+        "warmup_steps": recipe.warmup_steps,
+        "max_grad_norm": recipe.max_grad_norm,
+        "bf16": recipe.precision == "bf16",
+        "fp16": recipe.precision == "fp16",
+        # TF32 is a free-lunch switch; the argument must stay unset where CUDA is absent.
+        "tf32": (method.free_lunch and gpu.supports_tf32) if on_gpu else None,
+        "torch_compile": method.free_lunch and spec.supports_compile,
+        # FSDP checkpoints through its own wrapper (fsdp_config below); the Trainer's flag would
+        # checkpoint inside the sharded modules and re-gather parameters twice.
+        "gradient_checkpointing": ckpt and not method.uses_fsdp,
+        "gradient_checkpointing_kwargs": {"use_reentrant": False} if ckpt and not method.uses_fsdp else None,
+        "ddp_find_unused_parameters": False,
+        "ddp_backend": "nccl" if on_gpu else "gloo",
+        "use_cpu": not on_gpu,
+        "dataloader_drop_last": True,
+        "dataloader_pin_memory": on_gpu,
+        "remove_unused_columns": False,
+        # The NaN filter reads every micro-batch's loss on the host, a device synchronization per
+        # micro-batch that stalls the launch queue; training does not need it.
+        "logging_nan_inf_filter": False,
+        "logging_strategy": "no",
+        "save_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+        "seed": seed,
+    }
+    optimizer: dict[str, Any] | None = {
+        "target": TORCH_OPTIMIZERS[recipe.optimizer],
+        "kwargs": {
+            "lr": recipe.lr,
+            "betas": list(recipe.betas),
+            "eps": recipe.eps,
+            "weight_decay": recipe.weight_decay,
+            # One multi-tensor kernel per step instead of a loop over parameters.
+            **({"fused": True} if on_gpu else {}),
+        },
+    }
+    if method.uses_deepspeed:
+        args["deepspeed"] = _deepspeed_config(method.sharding, method.offloading, recipe)
+        optimizer = None
+    if method.uses_fsdp:
+        strategy = FSDP_STRATEGIES[method.sharding]
+        args["fsdp"] = f"{strategy} auto_wrap" + (" offload" if method.offloading else "")
+        args["fsdp_config"] = {
+            "version": 2,
+            "transformer_layer_cls_to_wrap": [spec.block_class],
+            "reshard_after_forward": strategy == "full_shard",
+            "activation_checkpointing": ckpt,
+        }
+    return Plan(
+        case=case,
+        micro_batch_size=micro_batch_size,
+        grad_acc_steps=grad_acc_steps,
+        attn_implementation=attn,
+        use_kernels=use_kernels,
+        training_args=args,
+        optimizer=optimizer,
+    )
+
+
+def _attention(spec: Any, free_lunch: bool, precision: str, on_gpu: bool) -> str | None:
+    if not spec.attention:
+        return None
+    if not free_lunch:
+        return "eager"
+    # FlashAttention-2 proper needs the flash-attn package and half precision; SDPA picks its own
+    # FlashAttention/memory-efficient kernel otherwise.
+    if (
+        on_gpu
+        and precision in ("bf16", "fp16")
+        and "flash_attention_2" in spec.attention
+        and package_available("flash_attn")
+    ):
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def _deepspeed_config(sharding: str, offloading: bool, recipe: Any) -> dict[str, Any]:
+    stage = DEEPSPEED_STAGES[sharding]
+    ds_type, adam_w_mode = DEEPSPEED_OPTIMIZERS[recipe.optimizer]
+    zero: dict[str, Any] = {"stage": stage, "overlap_comm": True, "contiguous_gradients": True}
+    if offloading:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+        if stage == 3:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    return {
+        "zero_optimization": zero,
+        # Explicit values: "auto" would take the Trainer's defaults, not the recipe's.
+        "optimizer": {
+            "type": ds_type,
+            "params": {
+                "lr": recipe.lr,
+                "betas": list(recipe.betas),
+                "eps": recipe.eps,
+                "weight_decay": recipe.weight_decay,
+                "adam_w_mode": adam_w_mode,
+            },
+        },
+        "bf16": {"enabled": "auto"},
+        "fp16": {"enabled": "auto", "loss_scale": 0, "initial_scale_power": 16},
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+        "train_batch_size": "auto",
+        "train_micro_batch_size_per_gpu": "auto",
+        "wall_clock_breakdown": False,
+    }

@@ -1,0 +1,74 @@
+"""The result of one case: feasible or not with the reason, and every measured figure."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from harness.cases import Case
+from harness.methods import Method
+
+STATUSES = ("ok", "infeasible", "error")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Result:
+    case: Case
+    status: str  # ok | infeasible (measured: out of memory, indivisible batch) | error (crash, hang, sanity gate)
+    reason: str = ""
+    micro_batch_size: int | None = None
+    grad_acc_steps: int | None = None
+    measured_grad_acc_steps: int | None = None
+    step_time_s: float | None = None  # median over timed steps, extrapolated to grad_acc_steps
+    step_time_spread_s: float | None = None  # inter-quartile range of the same samples
+    training_days: float | None = None
+    tokens_per_s: float | None = None  # or samples/s for image models (see sample_unit)
+    samples_per_s: float | None = None
+    tflops_per_gpu: float | None = None  # model FLOPs (no recomputation) per GPU per second / 1e12
+    mfu: float | None = None  # against the registry's dense peak for the recipe's precision
+    peak_memory_gib: float | None = None
+    compile_s: float | None = None
+    attention: str | None = None
+    kernels: bool | None = None
+    timing: dict[str, Any] = field(default_factory=dict, hash=False)  # samples and components
+    probe: list[dict[str, Any]] = field(default_factory=list, hash=False)
+    optimizer: dict[str, Any] = field(default_factory=dict, hash=False)
+    plan: dict[str, Any] = field(default_factory=dict, hash=False)
+    environment: dict[str, Any] = field(default_factory=dict, hash=False)
+    fingerprint: str = ""
+    created: float = field(default_factory=time.time)
+
+    @property
+    def feasible(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["case"] = asdict(self.case) | {"id": self.case.id}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Result:
+        raw = dict(data["case"])
+        raw.pop("id", None)
+        case = Case(**{**raw, "method": Method(**raw["method"])})
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known and k != "case"}, case=case)
+
+
+def sanity_problems(result: Result) -> list[str]:
+    """Reasons a measured result must not be reported (the caller turns them into an error)."""
+    problems = []
+    samples = result.timing.get("step_samples_s", [])
+    if len(samples) < 5:
+        problems.append(f"only {len(samples)} timed steps (at least 5 needed)")
+    if any(not (math.isfinite(s) and s > 0) for s in samples):
+        problems.append("a timed step is not a finite positive time")
+    losses = [x for x in result.timing.get("losses", [])]
+    if any(not math.isfinite(x) for x in losses):
+        problems.append("the training loss is not finite")
+    if result.mfu is not None and result.mfu > 1.0:
+        problems.append(f"MFU {result.mfu:.2f} exceeds the hardware peak: the timing is wrong")
+    return problems

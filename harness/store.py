@@ -1,0 +1,72 @@
+"""Append-only results store: one JSON file per result, written atomically.
+
+A result is `<root>/<case id>/<fingerprint>-<time>.json`, written to a temporary name and renamed
+into place, so an interrupted run leaves either a whole record or none; a corrupt file found later
+is reported and skipped, and loses nothing else. The newest record for a (case, fingerprint) pair
+wins, so resuming skips completed cases and a forced rerun simply adds a newer record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from harness.result import Result
+
+DEFAULT_ROOT = Path("runs") / "results"
+
+
+class ResultStore:
+    def __init__(self, root: Path | str = DEFAULT_ROOT):
+        self.root = Path(root)
+
+    def append(self, result: Result) -> Path:
+        folder = self.root / result.case.id
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(result.created)) + f"{result.created % 1:.6f}"[1:]
+        path = folder / f"{result.fingerprint or 'nofp'}-{stamp}.json"
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(result.to_dict(), indent=1, sort_keys=True))
+        with tmp.open("rb") as f:
+            os.fsync(f.fileno())
+        tmp.replace(path)
+        return path
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every readable record (oldest first); unreadable ones are warned about and skipped."""
+        out = []
+        for path in sorted(self.root.glob("*/*.json")):
+            try:
+                out.append(json.loads(path.read_text()))
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                warnings.warn(f"skipping corrupt result {path}: {error}", stacklevel=2)
+        return sorted(out, key=lambda r: r.get("created", 0.0))
+
+    def results(self) -> list[Result]:
+        return [Result.from_dict(r) for r in self.records()]
+
+    def latest(self, case_id: str, fingerprint: str | None = None) -> Result | None:
+        found = None
+        folder = self.root / case_id
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            if fingerprint is not None and not path.name.startswith(f"{fingerprint}-"):
+                continue
+            try:
+                record = json.loads(path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                warnings.warn(f"skipping corrupt result {path}: {error}", stacklevel=2)
+                continue
+            if found is None or record.get("created", 0.0) >= found.get("created", 0.0):
+                found = record
+        return Result.from_dict(found) if found else None
+
+    def latest_per_case(self) -> dict[str, Result]:
+        """The newest result of each case over all fingerprints (for reports merging several runs)."""
+        newest: dict[str, Result] = {}
+        for result in self.results():
+            newest[result.case.id] = result
+        return newest

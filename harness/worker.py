@@ -1,0 +1,266 @@
+"""The worker: one rank of a distributed job started by torchrun (`python -m harness.worker JOB.json`).
+
+It builds the model from its config, a `transformers.Trainer` with exactly the plan's arguments and a
+synthetic dataset, and runs one of:
+  probe  one optimizer step per candidate micro-batch, ascending, until one runs out of memory;
+  time   warm-up then timed optimizer steps through Trainer.train(), recorded by harness.timing;
+  train  plain training with the plan (what users run with an exported setting).
+Each rank appends events to events-rank{R}.jsonl in the job folder; rank 0 writes result.json. A rank
+that runs out of memory records it and exits at once with OOM_EXIT: its peers may be blocked in a
+collective it will never join, and torchrun then stops them, so the job ends instead of hanging.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from harness import faults, oom
+from harness.env import runtime_environment
+from harness.timing import StepRecorder, summarize
+
+OOM_EXIT = 75  # EX_TEMPFAIL: the launcher reads the OOM event rather than the exit code
+POOL_SIZE = 64  # distinct random samples cycled by the dataset: real data, no per-step generation cost
+
+
+class SyntheticDataset(Dataset):
+    """`length` samples drawn from a pool of random ones (the same pool on every rank)."""
+
+    def __init__(self, spec: Any, length: int, seed: int):
+        self.pool = spec.make_batch(POOL_SIZE, seed=seed)
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        i = index % POOL_SIZE
+        return {k: v[i] for k, v in self.pool.items()}
+
+
+class MeasuredTrainer(Trainer):
+    """The stock Trainer; it only marks where each micro-batch begins and checks for injected faults."""
+
+    def __init__(self, *args: Any, recorder: StepRecorder | None, ramp: list[int] | None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.recorder = recorder
+        self.ramp = ramp
+        self.fault = faults.parse(os.environ.get(faults.ENV))
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.recorder is not None:
+            self.recorder.micro_batch_begins()
+        first = next(iter(inputs.values()))
+        faults.maybe_inject(
+            self.fault, rank=self.args.process_index, micro_batch=len(first), step=self.state.global_step
+        )
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.recorder is not None:
+            self.recorder.last_loss = loss.detach()
+        return loss
+
+    def get_train_dataloader(self) -> DataLoader:
+        if self.ramp is None:
+            return super().get_train_dataloader()
+        # The probe feeds each rank its own batches of growing size, one optimizer step per size.
+        rank = self.args.process_index
+        batches, start = [], rank * sum(self.ramp)
+        for size in self.ramp:
+            batches.append(list(range(start, start + size)))
+            start += size
+        return DataLoader(self.train_dataset, batch_sampler=batches, pin_memory=self.args.dataloader_pin_memory)
+
+
+class ProbeCallback(TrainerCallback):
+    """Measures each probe step's peak memory from a clean allocator."""
+
+    def __init__(self, ramp: list[int], events: Path):
+        self.ramp, self.events = ramp, events
+        self.current: int | None = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.current = self.ramp[state.global_step]
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        write_event(self.events, {"event": "fit", "micro_batch": self.current, **oom.memory_now()})
+
+
+def write_event(path: Path, event: dict[str, Any]) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(event | {"time": time.time()}) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def build_trainer(job: dict[str, Any], *, recorder: StepRecorder | None, ramp: list[int] | None, extra_callbacks=()):
+    from models import get_model
+
+    plan = job["plan"]
+    spec = get_model(plan["case"]["model"])
+    # TrainingArguments first: it sets up the process group and DeepSpeed's ZeRO-3 partitioned init.
+    args = TrainingArguments(**plan["training_args"])
+    torch.manual_seed(args.seed)
+    if plan["use_kernels"] is False and spec.kernels:
+        _disable_mamba_kernels()
+    device = args.device
+    if plan["training_args"].get("deepspeed") and plan["training_args"]["deepspeed"]["zero_optimization"]["stage"] == 3:
+        model = spec.build_model(attn_implementation=plan["attn_implementation"])
+    else:
+        with torch.device(device):  # initialise on the device: seconds, not minutes, for billions of weights
+            model = spec.build_model(attn_implementation=plan["attn_implementation"])
+    world = args.world_size
+    steps = job.get("max_steps", args.max_steps)
+    length = sum(ramp) * world if ramp else args.per_device_train_batch_size * args.gradient_accumulation_steps * world * (steps + 1)
+    dataset = SyntheticDataset(spec, length, seed=args.seed)
+    optimizer = plan["optimizer"]
+    opt_kwargs = {}
+    if optimizer is not None:
+        module, name = optimizer["target"].split(":")
+        opt_kwargs["optimizer_cls_and_kwargs"] = (getattr(importlib.import_module(module), name), dict(optimizer["kwargs"]))
+    callbacks = [c for c in (recorder, *extra_callbacks) if c is not None]
+    return MeasuredTrainer(
+        model=model, args=args, train_dataset=dataset, callbacks=callbacks, recorder=recorder, ramp=ramp, **opt_kwargs
+    )
+
+
+def _disable_mamba_kernels() -> None:
+    """Naive Mamba runs the reference PyTorch scan even where the CUDA kernels are installed."""
+    from transformers.models.mamba import modeling_mamba
+
+    if hasattr(modeling_mamba, "is_fast_path_available"):
+        modeling_mamba.is_fast_path_available = False
+
+
+def execution_path(trainer: Trainer) -> dict[str, Any]:
+    """Which code paths really ran: attention implementation, compile, the distributed wrapper."""
+    config = getattr(trainer.model, "config", None)
+    return {
+        "attention": getattr(config, "_attn_implementation", None),
+        "compiled": bool(trainer.args.torch_compile),
+        "distributed_type": str(trainer.accelerator.distributed_type),
+        "wrapped_model": type(trainer.model_wrapped).__name__,
+        "gradient_checkpointing": bool(getattr(trainer.model, "is_gradient_checkpointing", False)),
+    }
+
+
+def optimizer_settings(trainer: Trainer) -> dict[str, Any]:
+    """What the optimizer really holds, read back after training (under DeepSpeed too)."""
+    opt = trainer.optimizer
+    inner = getattr(opt, "optimizer", opt)  # AcceleratedOptimizer / DeepSpeed wrappers hold the real one
+    inner = getattr(inner, "optimizer", inner)
+    groups = [
+        {k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items() if k in ("lr", "initial_lr", "betas", "eps", "weight_decay")}
+        for g in inner.param_groups
+    ]
+    return {"class": type(inner).__name__, "module": type(inner).__module__, "param_groups": groups}
+
+
+def run_probe(job: dict[str, Any], out: Path, rank: int) -> dict[str, Any]:
+    ramp = job["micro_batches"]
+    events = out / f"events-rank{rank}.jsonl"
+    probe_cb = ProbeCallback(ramp, events)
+    trainer = build_trainer(job, recorder=None, ramp=ramp, extra_callbacks=[probe_cb])
+    trainer.args.max_steps = len(ramp)
+    try:
+        trainer.train()
+    except BaseException as error:
+        if not oom.is_oom(error):
+            raise
+        write_event(events, {"event": "oom", "micro_batch": probe_cb.current, **oom.describe(error)})
+        _exit_now(OOM_EXIT)
+    return {"mode": "probe", "fits": ramp}
+
+
+def run_timing(job: dict[str, Any], out: Path, rank: int) -> dict[str, Any]:
+    recorder = StepRecorder(device=torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu"))
+    trainer = build_trainer(job, recorder=recorder, ramp=None)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        trainer.train()
+    except BaseException as error:
+        if not oom.is_oom(error):
+            raise
+        write_event(out / f"events-rank{rank}.jsonl", {"event": "oom", "micro_batch": trainer.args.per_device_train_batch_size, **oom.describe(error)})
+        _exit_now(OOM_EXIT)
+    peak = oom.memory_now()
+    peak_all = _max_over_ranks(peak["peak_reserved_gib"])
+    stats = summarize(recorder.samples, warmup=job["warmup_steps"], grad_acc_steps=job["target_grad_acc_steps"])
+    return {
+        "mode": "time",
+        **stats,
+        "warmup_steps": job["warmup_steps"],
+        "timed_steps": len(recorder.samples) - job["warmup_steps"],
+        "measured_grad_acc_steps": trainer.args.gradient_accumulation_steps,
+        "peak_memory_gib": peak_all,
+        "memory_total_gib": peak["total_gib"],
+        "optimizer": optimizer_settings(trainer),
+        **execution_path(trainer),
+    }
+
+
+def run_train(job: dict[str, Any], out: Path, rank: int) -> dict[str, Any]:
+    recorder = StepRecorder(device=torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu"))
+    trainer = build_trainer(job, recorder=recorder, ramp=None)
+    started = time.perf_counter()
+    trainer.train()
+    return {
+        "mode": "train",
+        "steps": trainer.state.global_step,
+        "elapsed_s": time.perf_counter() - started,
+        "step_wall_s": [s.wall_s for s in recorder.samples],
+        "losses": [s.loss for s in recorder.samples],
+    }
+
+
+def _max_over_ranks(value: float) -> float:
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def _exit_now(code: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+MODES = {"probe": run_probe, "time": run_timing, "train": run_train}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    job_file = Path(argv[0])
+    job = json.loads(job_file.read_text())
+    out = job_file.parent
+    rank = int(os.environ.get("RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    result = MODES[job["mode"]](job, out, rank)
+    if rank == 0:
+        result["environment"] = runtime_environment()
+        tmp = out / "result.json.tmp"
+        tmp.write_text(json.dumps(result, indent=1))
+        tmp.replace(out / "result.json")
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
