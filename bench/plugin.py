@@ -1,1 +1,146 @@
-"""(being written)"""
+"""Benchmark options, hardware matching at setup, and the session's engine fixture.
+
+Cases are parametrized in bench/conftest.py from these options; each case test asks the `engine`
+fixture for its result. A case runs only on matching hardware: at setup it is compared with the
+node detected through NVML / nvidia-smi (no CUDA context in the pytest process).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from harness.methods import METHOD_SETS
+from harness.names import suggest
+
+GPU_COUNTS = (1, 2, 4, 8)
+CPU_PROCESS_COUNTS = (1, 2)
+
+
+def _choices(kind: str, valid: Callable[[], list[str]]) -> Callable[[str], list[str]]:
+    """An option type: a comma-separated list of known names, or a usage error with suggestions."""
+
+    def parse(text: str) -> list[str]:
+        names = [t.strip() for t in text.split(",") if t.strip()]
+        if names == ["all"]:
+            return list(valid())
+        for name in names:
+            if name not in valid():
+                close = suggest(name, valid())
+                hint = f" Did you mean: {', '.join(close)}?" if close else ""
+                raise pytest.UsageError(f"Unknown {kind} {name!r}.{hint} Available: {', '.join(sorted(valid()))}")
+        return names
+
+    return parse
+
+
+def _model_names() -> list[str]:
+    from models import MODELS
+
+    return list(MODELS)
+
+
+def _gpu_names() -> list[str]:
+    from hardware import GPUS
+
+    return list(GPUS)
+
+
+def _counts(text: str) -> list[int]:
+    try:
+        counts = sorted({int(t) for t in text.split(",")})
+    except ValueError:
+        raise pytest.UsageError(f"expected comma-separated whole numbers, got {text!r}") from None
+    if not counts or counts[0] < 1:
+        raise pytest.UsageError(f"counts must be at least 1, got {text!r}")
+    return counts
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("pretrain-bench", "pre-training benchmark cases")
+    group.addoption("--models", type=_choices("model", _model_names), default=None,
+                    help="models to benchmark, comma-separated or 'all' (default: the paper's models on GPU "
+                         "types, the tiny models on cpu)")
+    group.addoption("--gpus", type=_choices("GPU type", _gpu_names), default=None,
+                    help="GPU types to collect cases for (default: all; select with -m <type>)")
+    group.addoption("--gpu-counts", type=_counts, default=None,
+                    help=f"GPUs per node (default: {','.join(map(str, GPU_COUNTS))}; cpu: "
+                         f"{','.join(map(str, CPU_PROCESS_COUNTS))} processes)")
+    group.addoption("--nodes", type=_counts, default=[1], help="node counts (default: 1)")
+    group.addoption("--methods", type=_choices("method set", lambda: list(METHOD_SETS)),
+                    default=["naive", "free-lunch"], help="naive, free-lunch, all (comma-separated union)")
+    group.addoption("--require-hardware", action="store_true",
+                    help="fail, rather than skip, a case whose hardware this node does not have")
+    group.addoption("--force", action="store_true", help="re-measure cases already in the results store")
+    group.addoption("--timed-steps", type=int, default=5, help="timed optimizer steps per case (at least 5)")
+    group.addoption("--max-micro-batch", type=int, default=None, help="cap the micro-batch probe")
+    group.addoption("--full-accumulation", action="store_true",
+                    help="time at the recipe's full gradient accumulation instead of extrapolating")
+    group.addoption("--job-timeout", type=float, default=1800.0, help="seconds before a job is killed")
+    group.addoption("--jobs-dir", type=Path, default=Path("runs") / "jobs",
+                    help="where each job's files and output.log go")
+
+
+def node_mismatch(case, node) -> str | None:
+    """Why this node cannot run the case, or None."""
+    if case.num_nodes > 1:
+        nodes = int(os.environ.get("SLURM_NNODES", os.environ.get("NNODES", "1")))
+        if nodes < case.num_nodes:
+            return f"case needs {case.num_nodes} nodes; this allocation has {nodes}"
+    if case.gpu_type == "cpu":
+        return None
+    here = f"{node.count} x {node.gpu_type or node.gpu_name or 'unknown GPU'}" if node.count else "no GPU"
+    if node.gpu_type != case.gpu_type or node.count < case.gpus_per_node:
+        return f"case needs {case.gpus_per_node} x {case.gpu_type}; this node has {here}"
+    return None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    case = getattr(getattr(item, "callspec", None), "params", {}).get("case")
+    if case is None:
+        return
+    from hardware import detect_node
+
+    reason = node_mismatch(case, detect_node())
+    if reason is None:
+        return
+    if item.config.getoption("require_hardware"):
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+@dataclass
+class Progress:
+    """Per case: id, phase, elapsed; for the session: an estimate of the time left."""
+
+    total: int
+    write: Callable[[str], None]
+    started: float = field(default_factory=time.monotonic)
+    done: int = 0
+    case_started: float = 0.0
+
+    def __call__(self, case_id: str, phase: str) -> None:
+        now = time.monotonic()
+        if phase == "begin":
+            self.case_started = now
+            return
+        if phase == "end":
+            self.done += 1
+            return
+        eta = ""
+        if self.done:
+            left = (now - self.started) / self.done * (self.total - self.done)
+            eta = f", about {left / 60:.0f} min left for {self.total - self.done} case(s)"
+        self.write(f"[{case_id}] {phase} (case {now - self.case_started:.0f} s{eta})")
+
+
+@pytest.fixture(scope="session")
+def engine(request: pytest.FixtureRequest):
+    from bench.runner import Runner
+
+    return Runner.from_config(request.config)

@@ -79,7 +79,11 @@ class Node:
         runs one process per "GPU" on any node with that many cores."""
         need = f"case needs {num_gpus} x {gpu_type}"
         if gpu_type == "cpu":
-            return None if num_gpus <= self.cpu_count else f"{need} processes; this node has {self.cpu_count} cores"
+            return (
+                None
+                if num_gpus <= self.cpu_count
+                else f"{need} processes; this node has {self.cpu_count} cores"
+            )
         if self.gpu_type != gpu_type or self.count < num_gpus:
             hint = "; set CUDA_VISIBLE_DEVICES to one type" if self.mixed else ""
             return f"{need}; this node has {self}{hint}"
@@ -87,14 +91,17 @@ class Node:
 
 
 def parse_nvidia_smi(text: str) -> list[GpuRecord]:
-    """Rows of `nvidia-smi --query-gpu=name,memory.total,driver_version[,uuid] --format=csv,noheader,nounits`."""
+    """Rows of `nvidia-smi --format=csv,noheader,nounits --query-gpu=name,memory.total,driver_version`
+    (optionally `,uuid` after them)."""
     records = []
     for line in text.splitlines():
         if not line.strip():
             continue
         fields = [field.strip() for field in line.split(",")]
         if len(fields) not in (3, 4):
-            raise ValueError(f"unexpected nvidia-smi line {line!r}: want name, memory.total, driver_version[, uuid]")
+            raise ValueError(
+                f"unexpected nvidia-smi line {line!r}: want name, memory.total, driver_version[, uuid]"
+            )
         name, memory, driver = fields[:3]
         records.append(
             GpuRecord(
@@ -126,7 +133,7 @@ def parse_topology(text: str) -> dict[tuple[int, int], str]:
 
 
 def interconnect_from_links(labels: Iterable[str]) -> str | None:
-    """"nvlink" when every pair of GPUs has NVLink ("NV<n>"), "pcie" when any pair goes over PCIe or
+    """ "nvlink" when every pair of GPUs has NVLink ("NV<n>"), "pcie" when any pair goes over PCIe or
     the CPU (the slowest pair bounds a collective), None without pairs (one GPU)."""
     labels = list(labels)
     if not labels:
@@ -289,7 +296,9 @@ def _query_nvml(env_visible: str | None) -> _Found | None:
         links = {}
         for n, a in enumerate(sorted(visible)):
             for b in sorted(visible)[n + 1 :]:
-                status = pynvml.nvmlDeviceGetP2PStatus(handles[a], handles[b], pynvml.NVML_P2P_CAPS_INDEX_NVLINK)
+                status = pynvml.nvmlDeviceGetP2PStatus(
+                    handles[a], handles[b], pynvml.NVML_P2P_CAPS_INDEX_NVLINK
+                )
                 links[(a, b)] = "NV" if status == pynvml.NVML_P2P_STATUS_OK else "PCIE"
     except pynvml.NVMLError as error:  # a lost GPU, an old driver without a call: try nvidia-smi
         warnings.warn(f"NVML query failed ({error}); trying nvidia-smi", RuntimeWarning, stacklevel=3)

@@ -47,8 +47,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from harness.names import suggest
 from hardware.registry import GPUS, PRECISIONS, GpuType, Peak
+from harness.names import suggest
 
 ENV_VAR = "PRETRAIN_BENCH_HARDWARE"
 
@@ -99,7 +99,9 @@ def _read(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
-        raise HardwareFileError(f"cannot read the hardware file {str(path)!r} ({ENV_VAR}): {error}") from error
+        raise HardwareFileError(
+            f"cannot read the hardware file {str(path)!r} ({ENV_VAR}): {error}"
+        ) from error
     try:
         if path.suffix == ".toml":
             return tomllib.loads(text)
@@ -144,7 +146,9 @@ def _no_unknown(table: dict[str, Any], known: set[str], where: str) -> None:
         if key not in known:
             close = suggest(key, sorted(known))
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
-            raise HardwareFileError(f"{where}: unknown field {key!r}.{hint} Known: {', '.join(sorted(known))}")
+            raise HardwareFileError(
+                f"{where}: unknown field {key!r}.{hint} Known: {', '.join(sorted(known))}"
+            )
 
 
 def _convert(key: str, value: Any, where: str) -> Any:
@@ -175,7 +179,7 @@ def _convert(key: str, value: Any, where: str) -> Any:
 def _peak(precision: str, rate: Any, where: str) -> Peak:
     _no_unknown({precision: None}, set(PRECISIONS), where)
     if not isinstance(rate, dict):
-        raise HardwareFileError(f"{where}.{precision}: must be a table {{flops = ..., source = \"...\"}}")
+        raise HardwareFileError(f'{where}.{precision}: must be a table {{flops = ..., source = "..."}}')
     _no_unknown(rate, {"flops", "source"}, f"{where}.{precision}")
     flops, source = rate.get("flops"), rate.get("source")
     if isinstance(flops, bool) or not isinstance(flops, (int, float)):

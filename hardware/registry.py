@@ -83,11 +83,17 @@ class GpuType:
             raise ValueError(f"{where}: a tf32 peak on a type that does not support TF32")
         if "bf16" in self.peak_flops and not self.supports_bf16:
             raise ValueError(f"{where}: a bf16 peak on a type that does not support bf16")
-        if self.price_usd is not None and (self.price_usd <= 0 or not self.price_date or not self.price_source):
-            raise ValueError(f"{where}: a price must be positive and come with its price_date and price_source")
+        if self.price_usd is not None and (
+            self.price_usd <= 0 or not self.price_date or not self.price_source
+        ):
+            raise ValueError(
+                f"{where}: a price must be positive and come with its price_date and price_source"
+            )
         for piece in (*self.match, *self.exclude):
             if piece != piece.lower() or not piece.strip():
-                raise ValueError(f"{where}: match/exclude pieces are non-empty lowercase strings, got {piece!r}")
+                raise ValueError(
+                    f"{where}: match/exclude pieces are non-empty lowercase strings, got {piece!r}"
+                )
 
     def peak(self, precision: str, tf32: bool = False) -> float | None:
         """Dense peak FLOP/s for a training precision; fp32 with TF32 allowed runs at the tf32 rate."""
@@ -149,11 +155,16 @@ GPUS: dict[str, GpuType] = {
         GpuType(
             name="h200",
             description="NVIDIA H200 SXM 141GB",
-            memory_gib=139.80,  # CUDA total in PyTorch OOM reports; nvidia-smi: 143771 MiB
+            memory_gib=139.80,  # CUDA total, measured (driver 580.159.04); nvidia-smi: 143771 MiB
             # The H200 datasheet prints 67 / 989* / 1,979* (* with sparsity); it is the H100 SXM5's
             # GH100 at the same clocks, so the exact dense figures are the H100 whitepaper's.
-            peak_flops=_peaks(66.9, 494.7, 989.4, 989.4, _H100_WHITEPAPER.format("H100 SXM5")
-                              + "; H200 datasheet: same compute as H100 SXM"),
+            peak_flops=_peaks(
+                66.9,
+                494.7,
+                989.4,
+                989.4,
+                _H100_WHITEPAPER.format("H100 SXM5") + "; H200 datasheet: same compute as H100 SXM",
+            ),
             supports_tf32=True,
             supports_bf16=True,
             **_NO_PRICE,
@@ -173,7 +184,8 @@ GPUS: dict[str, GpuType] = {
         GpuType(
             name="h100",
             description="NVIDIA H100 SXM 80GB",
-            memory_gib=79.11,  # CUDA total in PyTorch OOM reports; nvidia-smi: 81559 MiB
+            # CUDA total: 79.18 GiB measured (driver 580.159.04), 79.11 in older OOM reports: the lower.
+            memory_gib=79.11,  # nvidia-smi: 81559 MiB
             peak_flops=_peaks(66.9, 494.7, 989.4, 989.4, _H100_WHITEPAPER.format("H100 SXM5")),
             supports_tf32=True,
             supports_bf16=True,
@@ -208,8 +220,13 @@ GPUS: dict[str, GpuType] = {
             name="l40",
             description="NVIDIA L40 48GB",
             memory_gib=44.35,  # estimated: same 48 GB GDDR6 with ECC as the A40 (46068 MiB)
-            peak_flops=_peaks(90.5, 90.5, 181.05, 181.05,
-                              "NVIDIA L40 GPU datasheet (FP32 90.5, TF32 90.5, BF16/FP16 181.05 dense)"),
+            peak_flops=_peaks(
+                90.5,
+                90.5,
+                181.05,
+                181.05,
+                "NVIDIA L40 GPU datasheet (FP32 90.5, TF32 90.5, BF16/FP16 181.05 dense)",
+            ),
             supports_tf32=True,
             supports_bf16=True,
             **_NO_PRICE,
@@ -219,8 +236,13 @@ GPUS: dict[str, GpuType] = {
             name="a40",
             description="NVIDIA A40 48GB",
             memory_gib=44.35,  # CUDA total in PyTorch OOM reports (44.35-44.56); nvidia-smi: 46068 MiB
-            peak_flops=_peaks(37.4, 74.8, 149.7, 149.7,
-                              "NVIDIA A40 datasheet and " + _GA102_WHITEPAPER.format("NVIDIA A40 table")),
+            peak_flops=_peaks(
+                37.4,
+                74.8,
+                149.7,
+                149.7,
+                "NVIDIA A40 datasheet and " + _GA102_WHITEPAPER.format("NVIDIA A40 table"),
+            ),
             supports_tf32=True,
             supports_bf16=True,
             **_NO_PRICE,
@@ -242,7 +264,9 @@ GPUS: dict[str, GpuType] = {
             description="NVIDIA GeForce RTX 3090 24GB",
             memory_gib=23.69,  # CUDA total in PyTorch OOM reports; nvidia-smi: 24576 MiB
             # GeForce cards run FP32-accumulate tensor math at half the FP16-accumulate rate (142 TF).
-            peak_flops=_peaks(35.6, 35.6, 71.0, 71.0, _GA102_WHITEPAPER.format("Appendix A, GeForce RTX 3090")),
+            peak_flops=_peaks(
+                35.6, 35.6, 71.0, 71.0, _GA102_WHITEPAPER.format("Appendix A, GeForce RTX 3090")
+            ),
             supports_tf32=True,
             supports_bf16=True,
             price_usd=1_300.0,
@@ -255,8 +279,13 @@ GPUS: dict[str, GpuType] = {
             description="NVIDIA Tesla V100 SXM2 32GB",
             memory_gib=31.75,  # CUDA total in PyTorch OOM reports; nvidia-smi: 32510 MiB
             # Volta tensor cores take FP16 only: no bf16, no tf32.
-            peak_flops=_peaks(15.7, None, None, 125.0,
-                              "NVIDIA Tesla V100 datasheet, SXM2 (FP32 15.7, tensor FP16/FP32-accumulate 125)"),
+            peak_flops=_peaks(
+                15.7,
+                None,
+                None,
+                125.0,
+                "NVIDIA Tesla V100 datasheet, SXM2 (FP32 15.7, tensor FP16/FP32-accumulate 125)",
+            ),
             supports_tf32=False,
             supports_bf16=False,
             **_NO_PRICE,

@@ -14,7 +14,13 @@ from typing import Any
 from harness import oom
 from harness.cases import Case
 from harness.launch import JobOutcome, run_job
-from harness.plan import BatchNotDivisibleError, candidate_micro_batches, make_plan, per_device_target
+from harness.plan import (
+    BatchNotDivisibleError,
+    candidate_micro_batches,
+    make_plan,
+    per_device_target,
+    unsupported_reason,
+)
 from harness.result import Result, sanity_problems
 from harness.store import ResultStore
 
@@ -31,6 +37,9 @@ class EngineOptions:
     full_accumulation: bool = False  # time at the recipe's accumulation: no extrapolation
     probe_divisors: bool = False  # probe every divisor of the per-GPU batch, not only powers of two
     max_micro_batch: int | None = None  # cap the probe (a memory budget below the card's, or CPU runs)
+    # "auto" probes on GPUs only: a CPU job has no device memory to exhaust, so the largest candidate
+    # is taken without a probe job; "always" probes anyway (the fault-injection tests do).
+    probe: str = "auto"
     timeout_s: float = 1800.0
     work_dir: Path = Path("runs") / "jobs"
     force: bool = False  # rerun even if the store holds a result for this case and environment
@@ -50,6 +59,8 @@ def measure_case(case: Case, *, store: ResultStore, environment: dict[str, Any],
 
 def _measure(case: Case, *, environment: dict[str, Any], fingerprint: str, options: EngineOptions) -> Result:
     base = Result(case=case, status="error", environment=environment, fingerprint=fingerprint)
+    if (unsupported := unsupported_reason(case)) is not None:
+        return replace(base, status="infeasible", reason=unsupported)
     try:
         target = per_device_target(case)
     except BatchNotDivisibleError as error:
@@ -59,17 +70,19 @@ def _measure(case: Case, *, environment: dict[str, Any], fingerprint: str, optio
     if options.max_micro_batch is not None:
         candidates = [c for c in candidates if c <= options.max_micro_batch] or candidates[:1]
 
-    _report(options, case, "probe")
-    probe = _run(case, "probe", {"micro_batches": candidates}, candidates[-1], 1, options, job_root / "probe")
-    fits = _fitting(probe, case.num_gpus, candidates)
-    probe_log = [e for e in probe.events if e.get("event") in ("fit", "oom")]
-    base = replace(base, probe=probe_log)
-    ooms = probe.oom_events()
-    if not probe.ok and not ooms:
-        return replace(base, reason=f"probe failed: {probe.failure()}")
-    if not fits:
-        first = ooms[0]
-        return replace(base, status="infeasible", reason=oom.reason(first["micro_batch"], first))
+    if options.probe == "always" or (options.probe == "auto" and case.gpu_type != "cpu"):
+        _report(options, case, "probe")
+        probe = _run(case, "probe", {"micro_batches": candidates}, candidates[-1], 1, options, job_root / "probe")
+        fits = _fitting(probe, case.num_gpus, candidates)
+        base = replace(base, probe=[e for e in probe.events if e.get("event") in ("fit", "oom")])
+        ooms = probe.oom_events()
+        if not probe.ok and not ooms:
+            return replace(base, reason=f"probe failed: {probe.failure()}")
+        if not fits:
+            first = ooms[0]
+            return replace(base, status="infeasible", reason=oom.reason(first["micro_batch"], first))
+    else:
+        fits = candidates
 
     timing_ooms = []
     for micro_batch in reversed(fits):

@@ -58,6 +58,17 @@ class Plan:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
+def unsupported_reason(case: Case) -> str | None:
+    """Why a case cannot run at all on its hardware type (before any measurement), or None."""
+    if case.gpu_type == "cpu" and case.method.uses_deepspeed:
+        return "DeepSpeed needs CUDA GPUs: the cpu profile runs DDP only"
+    if case.gpu_type == "cpu" and case.method.uses_fsdp:
+        # accelerate turns the Trainer's FSDP plugin on only for accelerator devices; on the CPU it
+        # would silently train plain DDP and report it as FSDP.
+        return "FSDP through the Trainer needs an accelerator (accelerate ignores it on the CPU)"
+    return None
+
+
 def per_device_target(case: Case) -> int:
     """The per-GPU share of the recipe's global batch (micro-batch x accumulation must reach it)."""
     from models import get_model

@@ -152,6 +152,10 @@ def execution_path(trainer: Trainer) -> dict[str, Any]:
         "compiled": bool(trainer.args.torch_compile),
         "distributed_type": str(trainer.accelerator.distributed_type),
         "wrapped_model": type(trainer.model_wrapped).__name__,
+        "fsdp": bool(trainer.is_fsdp_enabled),
+        "deepspeed": bool(trainer.is_deepspeed_enabled),
+        # FSDP2 shards in place: its modules become FSDP* classes.
+        "sharded_modules": sorted({type(m).__name__ for m in trainer.model_wrapped.modules() if type(m).__name__.startswith("FSDP")}),
         "gradient_checkpointing": bool(getattr(trainer.model, "is_gradient_checkpointing", False)),
     }
 

@@ -7,7 +7,9 @@ Conventions, the same as `torch.utils.flop_counter.FlopCounterMode` so that the 
   weight, each as large as the forward product (Kaplan et al. 2020, sec. 2.1; PaLM, appendix B).
   No activation recomputation is counted: these are model FLOPs, the numerator of MFU.
   (The counter itself sees 2 x forward for the very first conv of an image model, whose input needs
-  no gradient; that layer is under 1% of any model here.)
+  no gradient; that layer is under 1% of any model here. Its conv backward formula also ignores
+  `groups` in the weight gradient, counting a depthwise conv's backward C times over; the tests
+  compare against the counter with that one formula corrected.)
 - Attention is counted in full, 2*s*s*d for Q @ K^T and 2*s*s*d for P @ V per layer, even for causal
   models: the counter's SDPA formula (`sdpa_flop_count`) counts the full square whatever the mask,
   and so does eager attention, which materialises it. Its backward counts 2 x forward (4 products).
@@ -50,7 +52,8 @@ def pythia_forward(config: Mapping[str, Any], seq_len: int) -> int:
     The rotary tables come from a (d_rot/2 x 1) @ (1 x s) product: negligible and not counted.
     """
     hidden = config["hidden_size"]
-    layers = config["num_hidden_layers"] * transformer_layer_forward(seq_len, hidden, config["intermediate_size"])
+    layer = transformer_layer_forward(seq_len, hidden, config["intermediate_size"])
+    layers = config["num_hidden_layers"] * layer
     return layers + 2 * seq_len * hidden * config["vocab_size"]
 
 
@@ -58,7 +61,8 @@ def roberta_forward(config: Mapping[str, Any], seq_len: int) -> int:
     """RoBERTa for masked LM: the layers, then the LM head on every position (HF does not gather the
     masked positions first): a d x d dense layer and the d x V decoder. No pooler in RobertaForMaskedLM."""
     hidden = config["hidden_size"]
-    layers = config["num_hidden_layers"] * transformer_layer_forward(seq_len, hidden, config["intermediate_size"])
+    layer = transformer_layer_forward(seq_len, hidden, config["intermediate_size"])
+    layers = config["num_hidden_layers"] * layer
     head = 2 * seq_len * hidden * hidden + 2 * seq_len * hidden * config["vocab_size"]
     return layers + head
 
@@ -70,7 +74,8 @@ def vit_forward(config: Mapping[str, Any], image_size: int) -> int:
     patches = (image_size // patch) ** 2
     embedding = 2 * patches * hidden * config.get("num_channels", 3) * patch * patch
     tokens = patches + 1
-    layers = config["num_hidden_layers"] * transformer_layer_forward(tokens, hidden, config["intermediate_size"])
+    layer = transformer_layer_forward(tokens, hidden, config["intermediate_size"])
+    layers = config["num_hidden_layers"] * layer
     return embedding + layers + 2 * hidden * config["num_labels"]
 
 

@@ -18,12 +18,12 @@ TINY_GLOBAL_BATCH = 8
 PYTHIA_STEPS = 143_000
 
 
-def pythia_recipe(*, lr: float, precision: str, steps: int = PYTHIA_STEPS, global_batch: int = 1024) -> Recipe:
+def pythia_recipe(*, lr: float, precision: str) -> Recipe:
     return Recipe(
-        global_batch=global_batch, training_steps=steps, precision=precision,
+        global_batch=1024, training_steps=PYTHIA_STEPS, precision=precision,
         optimizer="adam", lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.01,
         lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs=(("min_lr_rate", 0.1),),
-        warmup_steps=round(0.01 * steps),  # 1% of the steps: 1430
+        warmup_steps=round(0.01 * PYTHIA_STEPS),  # 1% of the steps: 1430
         max_grad_norm=1.0,
     )
 
@@ -168,17 +168,24 @@ def tiny_recipe(recipe: Recipe) -> Recipe:
 
 def _build() -> dict[str, ModelSpec]:
     specs = [
-        pythia("pythia-160m", layers=12, hidden=768, heads=12, recipe=pythia_recipe(lr=6e-4, precision="fp16")),
-        pythia("pythia-410m", layers=24, hidden=1024, heads=16, recipe=pythia_recipe(lr=3e-4, precision="fp16")),
-        pythia("pythia-1b", layers=16, hidden=2048, heads=8, recipe=pythia_recipe(lr=3e-4, precision="bf16")),
-        pythia("pythia-1.4b", layers=24, hidden=2048, heads=16, recipe=pythia_recipe(lr=2e-4, precision="fp16")),
-        pythia("pythia-2.8b", layers=32, hidden=2560, heads=32, recipe=pythia_recipe(lr=1.6e-4, precision="fp16")),
-        pythia("pythia-6.9b", layers=32, hidden=4096, heads=32, recipe=pythia_recipe(lr=1.2e-4, precision="fp16"), vocab=50432),
+        pythia("pythia-160m", layers=12, hidden=768, heads=12,
+               recipe=pythia_recipe(lr=6e-4, precision="fp16")),
+        pythia("pythia-410m", layers=24, hidden=1024, heads=16,
+               recipe=pythia_recipe(lr=3e-4, precision="fp16")),
+        pythia("pythia-1b", layers=16, hidden=2048, heads=8,
+               recipe=pythia_recipe(lr=3e-4, precision="bf16")),
+        pythia("pythia-1.4b", layers=24, hidden=2048, heads=16,
+               recipe=pythia_recipe(lr=2e-4, precision="fp16")),
+        pythia("pythia-2.8b", layers=32, hidden=2560, heads=32,
+               recipe=pythia_recipe(lr=1.6e-4, precision="fp16")),
+        pythia("pythia-6.9b", layers=32, hidden=4096, heads=32, vocab=50432,
+               recipe=pythia_recipe(lr=1.2e-4, precision="fp16")),
         roberta("roberta", layers=24, hidden=1024, heads=16, vocab=50265, seq_len=512, recipe=ROBERTA_RECIPE),
         mamba("mamba", layers=64, hidden=2560, vocab=50280, seq_len=4096, recipe=MAMBA_RECIPE),
         convnext("convnext", depths=(3, 3, 27, 3), widths=(256, 512, 1024, 2048), labels=21841,
                  image_size=224, recipe=CONVNEXT_RECIPE),
-        vit("vit", layers=24, hidden=1024, heads=16, patch=16, labels=21841, image_size=224, recipe=VIT_RECIPE),
+        vit("vit", layers=24, hidden=1024, heads=16, patch=16, labels=21841, image_size=224,
+            recipe=VIT_RECIPE),
         # The public Pythia-14m: real architecture and vocabulary, the Pythia optimizer, CPU-scale
         # batch; lr 1e-3 is the rate of the smallest size in the Pythia paper (70m).
         pythia("pythia-14m", layers=6, hidden=128, heads=4, tiny=True,

@@ -44,9 +44,11 @@ def _plain(value: Any) -> Any:
 class Recipe:
     """How the original code trained a model: batch, length, precision, optimizer and schedule.
 
-    `optimizer`: "adam" is torch.optim.Adam, whose weight decay is L2 added to the gradient (what the
-    original code's DeepSpeed/Trainer setup used for Pythia, RoBERTa and ViT); "adamw" is decoupled decay.
-    `max_grad_norm` 0.0 means no clipping (the Trainer's convention).
+    `optimizer`: "adam" is torch.optim.Adam, whose weight decay is L2 added to the gradient, as the
+    recipes of Pythia, RoBERTa and ViT name Adam; "adamw" is torch.optim.AdamW, decoupled decay. The
+    Trainer has no `optim` name for plain Adam, hence `optimizer_target` and `optimizer_kwargs`.
+    `lr_scheduler_type` and `lr_scheduler_kwargs` use the Trainer's names; `max_grad_norm` 0.0 means
+    no clipping (the Trainer's convention).
     """
 
     global_batch: int
@@ -68,7 +70,8 @@ class Recipe:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
         if self.lr_scheduler_type not in SCHEDULES:
-            raise ValueError(f"unknown schedule {self.lr_scheduler_type!r}; choose from {', '.join(SCHEDULES)}")
+            raise ValueError(f"unknown schedule {self.lr_scheduler_type!r}; "
+                             f"choose from {', '.join(SCHEDULES)}")
         if not 0 <= self.warmup_steps < self.training_steps:
             raise ValueError(f"warmup {self.warmup_steps} must lie in [0, {self.training_steps})")
         if self.global_batch < 1:
@@ -81,7 +84,7 @@ class Recipe:
 
     @property
     def optimizer_target(self) -> str:
-        """The torch optimizer class as a lazy target; the Trainer has no `optim` name for plain Adam."""
+        """The torch optimizer class as a lazy `"module:attr"` target."""
         return OPTIMIZERS[self.optimizer]
 
     @property
@@ -178,7 +181,7 @@ class ModelSpec:
         return _count_parameters(self)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _count_parameters(spec: ModelSpec) -> int:
     # Module-level cache: the spec is frozen and slotted, so it cannot memoise on itself. The meta
     # device allocates nothing, so even pythia-6.9b costs only the construction time.

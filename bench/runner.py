@@ -1,0 +1,69 @@
+"""The session's view of the engine: options from the command line, the store, the fingerprint."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from harness.cases import Case
+from harness.engine import EngineOptions, measure_case
+from harness.env import controller_environment, fingerprint_key
+from harness.result import Result
+from harness.store import ResultStore
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Runner:
+    store: ResultStore
+    environment: dict
+    fingerprint: str
+    options: EngineOptions
+
+    @classmethod
+    def from_config(cls, config: pytest.Config) -> Runner:
+        from bench.plugin import Progress
+        from hardware import detect_node
+
+        environment = controller_environment(detect_node())
+        timed = config.getoption("timed_steps")
+        if timed < 5:
+            raise pytest.UsageError(f"--timed-steps must be at least 5 (a median and spread), got {timed}")
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+
+        def write(line: str) -> None:
+            # Under xdist the worker's terminal is not shown; stderr of the worker is, with -s.
+            if reporter is not None and not hasattr(config, "workerinput"):
+                reporter.write_line(line)
+            else:
+                print(line, file=sys.stderr, flush=True)
+
+        total = len(getattr(config, "_pretrain_bench_cases", ())) or 1
+        options = EngineOptions(
+            timed_steps=timed,
+            max_micro_batch=config.getoption("max_micro_batch"),
+            full_accumulation=config.getoption("full_accumulation"),
+            timeout_s=config.getoption("job_timeout"),
+            work_dir=Path(config.getoption("jobs_dir")),
+            force=config.getoption("force"),
+            progress=Progress(total=total, write=write),
+        )
+        return cls(
+            store=ResultStore(config.getoption("results_dir")),
+            environment=environment,
+            fingerprint=fingerprint_key(environment),
+            options=options,
+        )
+
+    def measure(self, case: Case) -> Result:
+        progress = self.options.progress
+        if progress is not None:
+            progress(case.id, "begin")
+        try:
+            return measure_case(case, store=self.store, environment=self.environment,
+                                fingerprint=self.fingerprint, options=self.options)
+        finally:
+            if progress is not None:
+                progress(case.id, "end")

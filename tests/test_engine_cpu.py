@@ -1,0 +1,132 @@
+"""The engine end to end on the CPU: real torchrun jobs (gloo, 1 and 2 processes), faults injected."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.cases import Case
+from harness.engine import EngineOptions, measure_case
+from harness.methods import Method
+from harness.store import ResultStore
+
+pytestmark = pytest.mark.slow
+NAIVE = Method(free_lunch=False)
+
+
+def run(tmp_path: Path, case: Case, **options) -> object:
+    store = ResultStore(tmp_path / "store")
+    opts = EngineOptions(work_dir=tmp_path / "jobs", timeout_s=options.pop("timeout_s", 240), **options)
+    return measure_case(case, store=store, environment={"gpu_name": "cpu"}, fingerprint="test", options=opts)
+
+
+def test_ddp_two_processes_timed_through_the_trainer(tmp_path):
+    from models import get_model
+
+    case = Case(model="pythia-14m", gpu_type="cpu", gpus_per_node=2, method=NAIVE)
+    result = run(tmp_path, case, max_micro_batch=2, max_measured_grad_acc=2)
+    assert result.status == "ok", result.reason
+    assert result.micro_batch_size == 2 and result.grad_acc_steps == 2 and result.measured_grad_acc_steps == 2
+    timing = result.timing
+    assert len(timing["step_samples_s"]) >= 5
+    assert timing["distributed_type"].endswith("MULTI_CPU") and timing["wrapped_model"] == "DistributedDataParallel"
+    assert len(timing["micro_samples_s"]) == len(timing["step_samples_s"])  # one no_sync micro-batch per step
+    assert all(x > 0 for x in timing["micro_samples_s"])
+    # The recipe's hyper-parameters reached the optimizer the Trainer built.
+    recipe = get_model("pythia-14m").recipe
+    assert result.optimizer["class"] == "Adam"
+    group = result.optimizer["param_groups"][0]
+    assert group["initial_lr"] == pytest.approx(recipe.lr)
+    assert tuple(group["betas"]) == pytest.approx(recipe.betas) and group["eps"] == pytest.approx(recipe.eps)
+    assert {g["weight_decay"] for g in result.optimizer["param_groups"]} == {recipe.weight_decay, 0.0}
+    # The exported plan is the full replication's.
+    assert result.plan["training_args"]["max_steps"] == recipe.training_steps
+    assert result.plan["training_args"]["gradient_accumulation_steps"] == 2
+    assert result.training_days == pytest.approx(recipe.training_steps * result.step_time_s / 86400)
+
+
+@pytest.mark.parametrize("sharding", ["fsdp_full", "zero2"])
+def test_sharded_cases_on_the_cpu_are_refused_with_a_reason_not_faked(tmp_path, sharding):
+    # accelerate enables FSDP only on accelerators: the Trainer would silently run DDP instead.
+    case = Case(model="pythia-14m", gpu_type="cpu", gpus_per_node=2, method=Method(free_lunch=False, sharding=sharding))
+    result = run(tmp_path, case, max_micro_batch=2)
+    assert result.status == "infeasible"
+    assert ("FSDP" if sharding.startswith("fsdp") else "DeepSpeed") in result.reason
+
+
+def test_oom_on_one_rank_only_is_agreed_and_the_probe_steps_down(tmp_path):
+    case = Case(model="pythia-14m", gpu_type="cpu", gpus_per_node=2, method=NAIVE)
+    result = run(tmp_path, case, probe="always", env={"PRETRAIN_BENCH_FAULT": "oom:rank=1:mb=2"})
+    assert result.status == "ok", result.reason
+    assert result.micro_batch_size == 1
+    ooms = [e for e in result.probe if e["event"] == "oom"]
+    assert [(e["rank"], e["micro_batch"]) for e in ooms] == [(1, 2)]
+
+
+def test_oom_at_the_smallest_micro_batch_is_infeasible_with_its_reason(tmp_path):
+    case = Case(model="pythia-14m", gpu_type="cpu", gpus_per_node=1, method=NAIVE)
+    result = run(tmp_path, case, probe="always", env={"PRETRAIN_BENCH_FAULT": "oom:rank=0:mb=1"})
+    assert result.status == "infeasible"
+    assert result.reason.startswith("OOM at micro-batch 1")
+
+
+def test_a_killed_rank_is_an_error_not_infeasible(tmp_path):
+    case = Case(model="pythia-14m", gpu_type="cpu", gpus_per_node=2, method=NAIVE)
+    started = time.monotonic()
+    result = run(tmp_path, case, max_micro_batch=2, env={"PRETRAIN_BENCH_FAULT": "kill:rank=1:step=1"})
+    assert result.status == "error"
+    assert "timing failed" in result.reason and "timed out" not in result.reason
+    assert time.monotonic() - started < 200
+
+
+def test_a_hung_rank_ends_at_the_timeout(tmp_path):
+    case = Case(model="pythia-14m", gpu_type="cpu", gpus_per_node=2, method=NAIVE)
+    started = time.monotonic()
+    result = run(tmp_path, case, max_micro_batch=2, timeout_s=45, env={"PRETRAIN_BENCH_FAULT": "hang:rank=1:step=1"})
+    assert result.status == "error"
+    assert "timed out after" in result.reason
+    assert time.monotonic() - started < 120
+
+
+def test_accumulation_model_against_the_full_accumulation(tmp_path):
+    """step(G) = G*load + (G-1)*t_micro + t_final, from 2 micro-batches, against a run of all 8.
+
+    The CPU is shared with other work, so the bound is loose: it catches a wrong model (a missing
+    accumulation term is off by a factor of ~4 here), not noise. The GPU check is in reports/results.
+    """
+    case = Case(model="pythia-14m", gpu_type="cpu", gpus_per_node=1, method=NAIVE)
+    extrapolated = run(tmp_path / "a", case, max_micro_batch=1, max_measured_grad_acc=2)
+    full = run(tmp_path / "b", case, max_micro_batch=1, full_accumulation=True)
+    assert extrapolated.status == full.status == "ok", (extrapolated.reason, full.reason)
+    assert extrapolated.grad_acc_steps == full.grad_acc_steps == full.measured_grad_acc_steps == 8
+    assert extrapolated.measured_grad_acc_steps == 2
+    measured = statistics.median(full.timing["measured_step_wall_s"])
+    assert extrapolated.step_time_s == pytest.approx(measured, rel=0.5)
+
+
+def test_store_resumes_skips_corrupt_and_forces(tmp_path):
+    case = Case(model="tiny-vit", gpu_type="cpu", gpus_per_node=1, method=NAIVE)
+    first = run(tmp_path, case, max_micro_batch=2)
+    assert first.status == "ok", first.reason
+    (tmp_path / "store" / case.id / "test-broken.json").write_text("{not json")
+    with pytest.warns(UserWarning, match="corrupt"):
+        again = run(tmp_path, case, max_micro_batch=2)
+    assert again.created == first.created  # resumed: not measured again
+    with pytest.warns(UserWarning, match="corrupt"):
+        forced = run(tmp_path, case, max_micro_batch=2, force=True)
+    assert forced.created > first.created
+    records = list((tmp_path / "store" / case.id).glob("*.json"))
+    assert len(records) == 3 and all(json.loads(p.read_text()) for p in records if "broken" not in p.name)
+
+
+def test_parameter_table_matches_the_models():
+    from models import MODELS
+
+    from harness.param_counts import PARAMETERS
+
+    for name, spec in MODELS.items():
+        assert PARAMETERS.get(name) == spec.num_parameters(), name
