@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -110,6 +111,8 @@ def build_trainer(job: dict[str, Any], *, recorder: StepRecorder | None, ramp: l
 
     plan = job["plan"]
     spec = get_model(plan["case"]["model"])
+    if plan["training_args"].get("deepspeed"):
+        _plain_cuda_arch_list()
     # TrainingArguments first: it sets up the process group and DeepSpeed's ZeRO-3 partitioned init.
     args = TrainingArguments(**plan["training_args"])
     torch.manual_seed(args.seed)
@@ -134,6 +137,14 @@ def build_trainer(job: dict[str, Any], *, recorder: StepRecorder | None, ramp: l
     return MeasuredTrainer(
         model=model, args=args, train_dataset=dataset, callbacks=callbacks, recorder=recorder, ramp=ramp, **opt_kwargs
     )
+
+
+def _plain_cuda_arch_list() -> None:
+    """DeepSpeed's just-in-time op builder parses TORCH_CUDA_ARCH_LIST as numbers and fails on an
+    architecture suffix such as "9.0a"; build its ops for the plain architecture instead."""
+    value = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if value:
+        os.environ["TORCH_CUDA_ARCH_LIST"] = re.sub(r"(\d+\.\d+)[a-z]+", r"\1", value)
 
 
 def _disable_mamba_kernels() -> None:

@@ -7,6 +7,7 @@ Results may repeat a case; the last one given for a case wins (callers put the n
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -54,7 +55,8 @@ def costs_table(rows: list[dict]) -> Table:
     display = [{
         "model": r["model"], "hardware": r["hardware"], "method": r["method"],
         "days": fmt_days(r["training_days"]), "GPU price": fmt_usd(r["gpu_price_usd"]),
-        "machine without GPUs": fmt_usd(r["machine_base_usd"]), "hardware cost": fmt_usd(r["hardware_cost_usd"]),
+        "machine without GPUs": fmt_usd(r["machine_base_usd"]),
+        "hardware cost": fmt_usd(r["hardware_cost_usd"]),
         "cost per experiment": fmt_usd(r["cost_per_experiment_usd"]), "note": r["note"],
     } for r in rows]
     columns = ["model", "hardware", "method", "days", "GPU price", "machine without GPUs", "hardware cost",
@@ -65,7 +67,8 @@ def costs_table(rows: list[dict]) -> Table:
              f"hardware cost x days / ({costs.LIFETIME_YEARS} x 365), a {costs.LIFETIME_YEARS}-year life."]
     notes += [f"Prices: {source}." for source in sources]
     if unpriced:
-        notes.append(f"No price in the hardware registry for: {', '.join(unpriced)}; their cost cells are empty.")
+        notes.append(f"No price in the hardware registry for: {', '.join(unpriced)}; "
+                     "their cost cells are empty.")
     return Table(title="Cost per model and hardware option (best setting)",
                  frame=pd.DataFrame(display, columns=columns).fillna(""), notes=tuple(notes))
 
@@ -103,8 +106,11 @@ def write_report(results: list[Result], out_dir: Path) -> dict[str, Path]:
     files["optimal_configs"].write_text(markdown(config_tables, "Optimal configurations"))
 
     best = [g.best for g in found if g.best is not None]
-    if best:
-        export.export_best(best, out_dir)
+    # A feasible result always carries its plan when the engine made it; a hand-made or older
+    # record may not, and then there is nothing exact to export (the page says so).
+    exportable = [r for r in best if r.plan]
+    if exportable:
+        export.export_best(exportable, out_dir)
         files["best"] = out_dir / "best"
 
     cost_rows = costs.cost_rows(found)
@@ -127,14 +133,16 @@ def write_report(results: list[Result], out_dir: Path) -> dict[str, Path]:
             files[f"plot_{name}"] = written
             figures[name] = (written, caption)
 
-    commands = [f"{r.case.id}: {export.train_command(r, f'best/{r.case.id}')}" for r in best]
-    sections = [
+    commands = [f"{r.case.id}: {export.train_command(r, f'best/{r.case.id}')}" if r.plan
+                else f"{r.case.id}: no plan stored with the result, nothing exported" for r in best]
+    sections: list[tuple[str, Sequence[html.Item]]] = [
         ("Summary", [f"{len(results)} results, {sum(r.feasible for r in results)} feasible, "
                      f"over {len(found)} model and hardware combinations.",
                      summary_table(found), environment_table(results)]),
         ("Training days", days_tables),
         ("Optimal configurations", config_tables),
-        ("Costs", [cost_table, *(figures[k] for k in ("hardware_cost", "cost_per_experiment") if k in figures)]),
+        ("Costs", [cost_table, *(figures[k] for k in ("hardware_cost", "cost_per_experiment")
+                                 if k in figures)]),
         ("Speedups", [figures["speedups"]] if "speedups" in figures
          else ["No model and hardware has both a naive and a best result."]),
         ("Train with a best setting", [*commands] or ["No feasible result."]),

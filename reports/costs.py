@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from reports.rows import Group
+from reports.rows import Group, days
 
 LIFETIME_YEARS = 5
 LIFETIME_DAYS = LIFETIME_YEARS * 365
@@ -75,7 +75,7 @@ def cost_rows(groups: list[Group]) -> list[dict[str, Any]]:
         if price.gpu_usd is not None and price.machine_base_usd is not None:
             hardware_usd = hardware_cost(price.gpu_usd, group.gpus_per_node, price.machine_base_usd,
                                          group.num_nodes)
-            per_run = cost_per_experiment(hardware_usd, best.training_days)
+            per_run = cost_per_experiment(hardware_usd, days(best))
         rows.append({
             "model": group.model, "hardware": group.label, "gpu_type": group.gpu_type,
             "num_nodes": group.num_nodes, "gpus_per_node": group.gpus_per_node, "num_gpus": group.num_gpus,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import datetime
 import html
+from collections.abc import Sequence
 from pathlib import Path
 
 from reports.tables import Table
@@ -39,10 +40,14 @@ def table_html(table: Table) -> str:
 def image_html(path: Path, caption: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     alt = html.escape(caption)
-    return f'<figure><img src="data:image/png;base64,{data}" alt="{alt}"><figcaption>{alt}</figcaption></figure>'
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{alt}">'
+            f"<figcaption>{alt}</figcaption></figure>")
 
 
-def page(sections: list[tuple[str, list[Table | tuple[Path, str] | str]]], title: str) -> str:
+Item = Table | tuple[Path, str] | str
+
+
+def page(sections: Sequence[tuple[str, Sequence[Item]]], title: str) -> str:
     """sections: (heading, [Table | (png path, caption) | plain text paragraph])."""
     parts = [f"<h1>{html.escape(title)}</h1>",
              f'<p class="note">Written {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC.</p>']

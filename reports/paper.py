@@ -37,7 +37,8 @@ def normalize_sharding(name: str) -> str:
     """Our sharding name for the paper's (or a library's) spelling; unknown names raise."""
     key = name.strip().lower().replace("-", "_")
     if key not in SHARDING_ALIASES:
-        raise ValueError(f"unknown sharding {name!r} in the paper's data; known: {', '.join(sorted(SHARDING_ALIASES))}")
+        known = ", ".join(sorted(SHARDING_ALIASES))
+        raise ValueError(f"unknown sharding {name!r} in the paper's data; known: {known}")
     return SHARDING_ALIASES[key]
 
 
@@ -80,7 +81,8 @@ def optimal_configs() -> dict[tuple[str, str, int], PaperConfig]:
                 offloading=_bool(row["offloading"]),
             )
             table[(row["model"], row["gpu_type"], int(row["num_gpus"]))] = PaperConfig(
-                method=method, micro_batch_size=int(row["micro_batch_size"]), grad_acc_steps=int(row["grad_acc_steps"])
+                method=method, micro_batch_size=int(row["micro_batch_size"]),
+                grad_acc_steps=int(row["grad_acc_steps"]),
             )
     return table
 

@@ -58,8 +58,8 @@ def _scatter(rows: list[dict[str, Any]], y_key: str, y_label: str, title: str, p
 
 
 def hardware_cost_plot(cost_rows: list[dict[str, Any]], path: Path) -> Path | None:
-    return _scatter(cost_rows, "hardware_cost_usd", "hardware cost (USD)", "Hardware cost vs pre-training time",
-                    path)
+    return _scatter(cost_rows, "hardware_cost_usd", "hardware cost (USD)",
+                    "Hardware cost vs pre-training time", path)
 
 
 def cost_per_experiment_plot(cost_rows: list[dict[str, Any]], path: Path) -> Path | None:
@@ -73,7 +73,8 @@ def speedup_plot(groups: list[Group], path: Path) -> Path | None:
     if not bars:
         return None
     fig, ax = _figure(max(5.0, 0.7 * len(bars) + 2), 4.5)
-    ax.bar(range(len(bars)), [s for _, s in bars], color="tab:blue")
+    drawn = ax.bar(range(len(bars)), [s for _, s in bars], color="tab:blue")
+    ax.bar_label(drawn, labels=[f"{s:.2f}x" for _, s in bars], fontsize=8)
     ax.axhline(1.0, color="grey", linewidth=1, linestyle="--")
     ax.set_xticks(range(len(bars)), [label for label, _ in bars], rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("speedup (naive days / best days)")

@@ -8,6 +8,7 @@ the feasible one with the fewest training days. Everything downstream reads `Gro
 from __future__ import annotations
 
 import datetime
+import math
 import statistics
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +55,11 @@ def environment_value(result: Result, key: str) -> Any:
     return value if value is not None else result.environment.get(key)
 
 
+def days(result: Result) -> float:
+    """A result's training days; infinitely many where it has none (sorts last, never "best")."""
+    return result.training_days if result.training_days is not None else math.inf
+
+
 def result_row(result: Result) -> dict[str, Any]:
     case, method = result.case, result.case.method
     row: dict[str, Any] = {
@@ -63,7 +69,8 @@ def result_row(result: Result) -> dict[str, Any]:
         "sharding": method.sharding, "offloading": method.offloading, "status": result.status,
         "feasible": result.feasible, "reason": result.reason,
         "fingerprint": result.fingerprint,
-        "created": datetime.datetime.fromtimestamp(result.created, datetime.UTC).isoformat(timespec="seconds"),
+        "created": datetime.datetime.fromtimestamp(result.created, datetime.UTC).isoformat(
+            timespec="seconds"),
     }
     for name in ("micro_batch_size", "grad_acc_steps", "measured_grad_acc_steps", "step_time_s",
                  "step_time_spread_s", "training_days", "tokens_per_s", "samples_per_s", "tflops_per_gpu",
@@ -125,7 +132,7 @@ class Group:
     @property
     def best(self) -> Result | None:
         # min() keeps the first of equals, i.e. the simplest method in canonical order.
-        return min(self.feasible, key=lambda r: r.training_days, default=None)
+        return min(self.feasible, key=days, default=None)
 
     @property
     def status(self) -> str:
@@ -181,10 +188,10 @@ class MemorySavingStats:
     worst: Result | None
     median_days: float | None
 
-    def speedup(self, days: float | None) -> float | None:
-        if days is None or self.free_lunch_days is None or days <= 0:
+    def speedup(self, option_days: float | None) -> float | None:
+        if option_days is None or self.free_lunch_days is None or option_days <= 0:
             return None
-        return self.free_lunch_days / days
+        return self.free_lunch_days / option_days
 
 
 def memory_saving_stats(group: Group) -> MemorySavingStats:
@@ -192,14 +199,13 @@ def memory_saving_stats(group: Group) -> MemorySavingStats:
     feasible = [r for r in options if r.feasible and r.training_days is not None]
     free_lunch = group.free_lunch
     fl_days = free_lunch.training_days if free_lunch is not None and free_lunch.feasible else None
-    days = [r.training_days for r in feasible]
     return MemorySavingStats(
         free_lunch_days=fl_days,
         tried=len(options),
         feasible=len(feasible),
-        best=min(feasible, key=lambda r: r.training_days, default=None),
-        worst=max(feasible, key=lambda r: r.training_days, default=None),
-        median_days=statistics.median(days) if days else None,
+        best=min(feasible, key=days, default=None),
+        worst=max(feasible, key=days, default=None),
+        median_days=statistics.median(map(days, feasible)) if feasible else None,
     )
 
 
@@ -208,4 +214,4 @@ def naive_speedup(group: Group) -> float | None:
     naive, best = group.naive, group.best
     if naive is None or not naive.feasible or naive.training_days is None or best is None:
         return None
-    return naive.training_days / best.training_days
+    return naive.training_days / days(best)

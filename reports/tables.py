@@ -100,7 +100,8 @@ def _frame(rows: list[dict[str, str]], columns: list[str]) -> pd.DataFrame:
 def _hardware_columns(groups: list[Group]) -> dict[str, tuple[str, int, int]]:
     """Hardware labels in column order, each with its (GPU type, nodes, GPUs per node)."""
     keyed = {(gpu_key(g.gpu_type), g.num_nodes, g.gpus_per_node): g for g in groups}
-    return {keyed[k].label: (keyed[k].gpu_type, keyed[k].num_nodes, keyed[k].gpus_per_node) for k in sorted(keyed)}
+    ordered = [keyed[k] for k in sorted(keyed)]
+    return {g.label: (g.gpu_type, g.num_nodes, g.gpus_per_node) for g in ordered}
 
 
 # -- Table 1 / Table 4 ----------------------------------------------------------------------------------
@@ -126,6 +127,7 @@ def training_days_table(groups: list[Group], methods: str = "optimal") -> Table:
                 row[label] = with_paper(ours, group.paper_days(methods))
         rows.append(row)
     frame = _frame(rows, ["model", *columns])
+    notes: tuple[str, ...]
     if methods == "optimal":
         title = "Training days, best setting measured (paper's Table 1 in parentheses)"
         notes = ("Each cell: the fewest days over the methods measured for that model and hardware.",
@@ -157,7 +159,8 @@ def best_settings_table(groups: list[Group]) -> Table:
                     "checkpointing": _yes(method.activation_checkpointing), "sharding": method.sharding,
                     "offloading": _yes(method.offloading), "micro-batch": str(best.micro_batch_size),
                     "accumulation": str(best.grad_acc_steps), "days": fmt_days(best.training_days),
-                    "MFU": fmt_mfu(best.mfu), "note": f"{len(group.feasible)} of {len(group.results)} methods ran"}
+                    "MFU": fmt_mfu(best.mfu),
+                    "note": f"{len(group.feasible)} of {len(group.results)} methods ran"}
         config = group.paper_config
         if config is not None:
             row |= {"paper method": config.method.slug,
@@ -204,7 +207,8 @@ def memory_saving_table(groups: list[Group]) -> Table:
                "median speedup": fmt_ratio(stats.speedup(stats.median_days))}
         for name, result in (("best", stats.best), ("worst", stats.worst)):
             if result is not None:
-                row |= {f"{name} days": fmt_days(result.training_days), f"{name} method": result.case.method.slug,
+                row |= {f"{name} days": fmt_days(result.training_days),
+                        f"{name} method": result.case.method.slug,
                         f"{name} speedup": fmt_ratio(stats.speedup(result.training_days))}
         rows.append(row)
     return Table(
@@ -225,7 +229,9 @@ def feasibility_table(groups: list[Group]) -> Table:
         row = {"model": group.model, "hardware": group.label}
         for result in group.results:
             text = outcome(result)
-            row[result.case.method.slug] = f"{text}: {result.reason}" if result.reason and not result.feasible else text
+            if result.reason and not result.feasible:
+                text = f"{text}: {result.reason}"
+            row[result.case.method.slug] = text
         rows.append(row)
     frame = _frame(rows, ["model", "hardware", *slugs])
     return Table(title="Feasibility: days per method, or why a method did not run", frame=frame,
