@@ -77,7 +77,7 @@ def _measure(case: Case, *, environment: dict[str, Any], fingerprint: str, optio
         base = replace(base, probe=[e for e in probe.events if e.get("event") in ("fit", "oom")])
         ooms = probe.oom_events()
         if not probe.ok and not ooms:
-            return replace(base, reason=f"probe failed: {probe.failure()}")
+            return replace(base, reason=f"probe failed: {probe.failure()}", log_tail=probe.output_tail)
         if not fits:
             first = ooms[0]
             return replace(base, status="infeasible", reason=oom.reason(first["micro_batch"], first))
@@ -94,7 +94,8 @@ def _measure(case: Case, *, environment: dict[str, Any], fingerprint: str, optio
         if outcome.ok:
             return _finish(base, case, outcome.result or {}, micro_batch, grad_acc, timing_ooms)
         if not outcome.oom_events():
-            return replace(base, micro_batch_size=micro_batch, reason=f"timing failed: {outcome.failure()}")
+            return replace(base, micro_batch_size=micro_batch, reason=f"timing failed: {outcome.failure()}",
+                           log_tail=outcome.output_tail)
         # The probe's step fitted but the timed run did not (compiled graphs differ in size):
         # step down to the next smaller micro-batch.
         timing_ooms.append(oom.reason(micro_batch, outcome.oom_events()[0]))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -45,14 +46,33 @@ class JobOutcome:
         return [e for e in self.events if e.get("event") == "oom"]
 
     def failure(self) -> str:
-        """Why the job did not produce a result, with the tail of its output."""
+        """Why the job did not produce a result, in one line: how it ended and its last error."""
         if self.timed_out:
             head = f"job timed out after {self.elapsed_s:.0f} s and was killed"
         elif self.returncode is not None and self.returncode < 0:
             head = f"job killed by signal {-self.returncode}"
         else:
             head = f"job exited with code {self.returncode}"
-        return f"{head} (log: {self.job_dir / 'output.log'})\n{self.output_tail}"
+        error = last_error(self.output_tail)
+        return f"{head}{': ' + error if error else ''} (log: {self.job_dir / 'output.log'})"
+
+
+_EXCEPTION = re.compile(r"(?:^|[\s:])([A-Za-z_][\w.]*(?:Error|Exception): .*)$")
+_SIGNAL = re.compile(r"(Signal \d+ \(\w+\).*|Killed.*)$")
+
+
+def last_error(output: str) -> str:
+    """The last exception line in a job's output ('ValueError: ...'), else the last signal line.
+
+    A rank's own exception says more than the SIGTERM torchrun then sends its peers.
+    """
+    lines = [line.strip() for line in output.splitlines()]
+    for pattern in (_EXCEPTION, _SIGNAL):
+        for line in reversed(lines):
+            match = pattern.search(line)
+            if match and "ChildFailedError" not in match.group(1):
+                return match.group(1)[:300]
+    return ""
 
 
 def free_port() -> int:

@@ -38,6 +38,7 @@ class Result:
     plan: dict[str, Any] = field(default_factory=dict, hash=False)
     environment: dict[str, Any] = field(default_factory=dict, hash=False)
     fingerprint: str = ""
+    log_tail: str = ""  # the end of a failed job's output (the reason holds its one-line summary)
     created: float = field(default_factory=time.time)
 
     @property

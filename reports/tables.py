@@ -88,9 +88,15 @@ def group_outcome(group: Group) -> str:
     return fmt_days(best.training_days) if best is not None else group.status
 
 
+def short_reason(reason: str, limit: int = 240) -> str:
+    """A reason fit for a table cell: its first line (older results carried the whole log tail)."""
+    first = reason.strip().splitlines()[0] if reason.strip() else ""
+    return first if len(first) <= limit else first[: limit - 1] + "…"
+
+
 def group_reason(group: Group) -> str:
     """Why nothing in the group ran: the simplest option's reason (the others mostly repeat it)."""
-    return next((r.reason for r in group.results if r.reason), "")
+    return next((short_reason(r.reason) for r in group.results if r.reason), "")
 
 
 def _frame(rows: list[dict[str, str]], columns: list[str]) -> pd.DataFrame:
@@ -230,7 +236,7 @@ def feasibility_table(groups: list[Group]) -> Table:
         for result in group.results:
             text = outcome(result)
             if result.reason and not result.feasible:
-                text = f"{text}: {result.reason}"
+                text = f"{text}: {short_reason(result.reason)}"
             row[result.case.method.slug] = text
         rows.append(row)
     frame = _frame(rows, ["model", "hardware", *slugs])
