@@ -11,10 +11,10 @@ from harness.result import Result
 
 
 def collect_cases(config: pytest.Config) -> list[Case]:
-    from hardware import GPUS
+    from hardware import active_registry
     from models import MODELS, PAPER_MODELS, TINY_MODELS
 
-    gpus = config.getoption("gpus") or list(GPUS)
+    gpus = config.getoption("gpus") or list(active_registry())
     chosen_models = config.getoption("models")
     cases: set[Case] = set()
     for gpu in gpus:
@@ -28,20 +28,29 @@ def collect_cases(config: pytest.Config) -> list[Case]:
                 for count in counts:
                     for name in config.getoption("methods"):
                         for method in method_set(name, nodes * count):
-                            cases.add(Case(model=model, gpu_type=gpu, num_nodes=nodes, gpus_per_node=count,
-                                           method=method))
+                            cases.add(
+                                Case(
+                                    model=model,
+                                    gpu_type=gpu,
+                                    num_nodes=nodes,
+                                    gpus_per_node=count,
+                                    method=method,
+                                )
+                            )
     # Sorted by id: every xdist worker must collect the same list in the same order.
     return sorted(cases, key=lambda c: c.id)
 
 
 def case_marks(case: Case) -> list[pytest.MarkDecorator]:
     from hardware import marker_name
-    from models import get_model
-
     from harness.estimate import predicted_infeasible
     from harness.plan import BatchNotDivisibleError, per_device_target, unsupported_reason
+    from models import get_model
 
-    marks = [getattr(pytest.mark, marker_name(case.gpu_type)), getattr(pytest.mark, f"family_{get_model(case.model).family}")]
+    marks = [
+        getattr(pytest.mark, marker_name(case.gpu_type)),
+        getattr(pytest.mark, f"family_{get_model(case.model).family}"),
+    ]
     if case.gpu_type != "cpu":
         marks += [pytest.mark.gpu, pytest.mark.slow]
     if case.num_gpus > 1:

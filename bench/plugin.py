@@ -33,7 +33,9 @@ def _choices(kind: str, valid: Callable[[], list[str]]) -> Callable[[str], list[
             if name not in valid():
                 close = suggest(name, valid())
                 hint = f" Did you mean: {', '.join(close)}?" if close else ""
-                raise pytest.UsageError(f"Unknown {kind} {name!r}.{hint} Available: {', '.join(sorted(valid()))}")
+                raise pytest.UsageError(
+                    f"Unknown {kind} {name!r}.{hint} Available: {', '.join(sorted(valid()))}"
+                )
         return names
 
     return parse
@@ -46,9 +48,9 @@ def _model_names() -> list[str]:
 
 
 def _gpu_names() -> list[str]:
-    from hardware import GPUS
+    from hardware import active_registry  # built-ins plus the user's hardware file
 
-    return list(GPUS)
+    return list(active_registry())
 
 
 def _counts(text: str) -> list[int]:
@@ -63,41 +65,62 @@ def _counts(text: str) -> list[int]:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("pretrain-bench", "pre-training benchmark cases")
-    group.addoption("--models", type=_choices("model", _model_names), default=None,
-                    help="models to benchmark, comma-separated or 'all' (default: the paper's models on GPU "
-                         "types, the tiny models on cpu)")
-    group.addoption("--gpus", type=_choices("GPU type", _gpu_names), default=None,
-                    help="GPU types to collect cases for (default: all; select with -m <type>)")
-    group.addoption("--gpu-counts", type=_counts, default=None,
-                    help=f"GPUs per node (default: {','.join(map(str, GPU_COUNTS))}; cpu: "
-                         f"{','.join(map(str, CPU_PROCESS_COUNTS))} processes)")
+    group.addoption(
+        "--models",
+        type=_choices("model", _model_names),
+        default=None,
+        help="models to benchmark, comma-separated or 'all' (default: the paper's models on GPU "
+        "types, the tiny models on cpu)",
+    )
+    group.addoption(
+        "--gpus",
+        type=_choices("GPU type", _gpu_names),
+        default=None,
+        help="GPU types to collect cases for (default: all; select with -m <type>)",
+    )
+    group.addoption(
+        "--gpu-counts",
+        type=_counts,
+        default=None,
+        help=f"GPUs per node (default: {','.join(map(str, GPU_COUNTS))}; cpu: "
+        f"{','.join(map(str, CPU_PROCESS_COUNTS))} processes)",
+    )
     group.addoption("--nodes", type=_counts, default=[1], help="node counts (default: 1)")
-    group.addoption("--methods", type=_choices("method set", lambda: list(METHOD_SETS)),
-                    default=["naive", "free-lunch"], help="naive, free-lunch, all (comma-separated union)")
-    group.addoption("--require-hardware", action="store_true",
-                    help="fail, rather than skip, a case whose hardware this node does not have")
+    group.addoption(
+        "--methods",
+        type=_choices("method set", lambda: list(METHOD_SETS)),
+        default=["naive", "free-lunch"],
+        help="naive, free-lunch, all (comma-separated union)",
+    )
+    group.addoption(
+        "--require-hardware",
+        action="store_true",
+        help="fail, rather than skip, a case whose hardware this node does not have",
+    )
     group.addoption("--force", action="store_true", help="re-measure cases already in the results store")
     group.addoption("--timed-steps", type=int, default=5, help="timed optimizer steps per case (at least 5)")
     group.addoption("--max-micro-batch", type=int, default=None, help="cap the micro-batch probe")
-    group.addoption("--full-accumulation", action="store_true",
-                    help="time at the recipe's full gradient accumulation instead of extrapolating")
+    group.addoption(
+        "--full-accumulation",
+        action="store_true",
+        help="time at the recipe's full gradient accumulation instead of extrapolating",
+    )
     group.addoption("--job-timeout", type=float, default=1800.0, help="seconds before a job is killed")
-    group.addoption("--jobs-dir", type=Path, default=Path("runs") / "jobs",
-                    help="where each job's files and output.log go")
+    group.addoption(
+        "--jobs-dir",
+        type=Path,
+        default=Path("runs") / "jobs",
+        help="where each job's files and output.log go",
+    )
 
 
 def node_mismatch(case, node) -> str | None:
-    """Why this node cannot run the case, or None."""
+    """Why this node (or allocation) cannot run the case, or None."""
     if case.num_nodes > 1:
         nodes = int(os.environ.get("SLURM_NNODES", os.environ.get("NNODES", "1")))
         if nodes < case.num_nodes:
             return f"case needs {case.num_nodes} nodes; this allocation has {nodes}"
-    if case.gpu_type == "cpu":
-        return None
-    here = f"{node.count} x {node.gpu_type or node.gpu_name or 'unknown GPU'}" if node.count else "no GPU"
-    if node.gpu_type != case.gpu_type or node.count < case.gpus_per_node:
-        return f"case needs {case.gpus_per_node} x {case.gpu_type}; this node has {here}"
-    return None
+    return node.mismatch(case.gpu_type, case.gpus_per_node)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -62,8 +62,13 @@ class Runner:
         if progress is not None:
             progress(case.id, "begin")
         try:
-            return measure_case(case, store=self.store, environment=self.environment,
-                                fingerprint=self.fingerprint, options=self.options)
+            return measure_case(
+                case,
+                store=self.store,
+                environment=self.environment,
+                fingerprint=self.fingerprint,
+                options=self.options,
+            )
         finally:
             if progress is not None:
                 progress(case.id, "end")

@@ -22,7 +22,14 @@ def test_case(case: Case, engine, record_property, benchmark) -> None:
     assert len(samples) >= 5
     assert all(math.isfinite(s) and s > 0 for s in samples)
     assert result.mfu is None or 0 < result.mfu <= 1.0, f"MFU {result.mfu} is outside (0, 1]"
-    record_samples(benchmark, samples, {
-        "case_id": case.id, "micro_batch_size": result.micro_batch_size,
-        "grad_acc_steps": result.grad_acc_steps, "training_days": result.training_days, "mfu": result.mfu,
-    })
+    record_samples(
+        benchmark,
+        samples,
+        {
+            "case_id": case.id,
+            "micro_batch_size": result.micro_batch_size,
+            "grad_acc_steps": result.grad_acc_steps,
+            "training_days": result.training_days,
+            "mfu": result.mfu,
+        },
+    )

@@ -20,7 +20,9 @@ class Case:
 
     def __post_init__(self) -> None:
         if self.num_nodes < 1 or self.gpus_per_node < 1:
-            raise ValueError(f"a case needs at least one node and one GPU, got {self.num_nodes} x {self.gpus_per_node}")
+            raise ValueError(
+                f"a case needs at least one node and one GPU, got {self.num_nodes} x {self.gpus_per_node}"
+            )
         if not self.method.is_valid_for(self.num_gpus):
             raise ValueError(f"method {self.method.slug} is not valid on {self.num_gpus} GPU(s)")
 

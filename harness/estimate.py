@@ -34,14 +34,17 @@ def model_state_gib(case: Case, num_parameters: int) -> float:
         optim = 0
         if method.sharding in ("zero3", "fsdp_full"):
             weights = 0
-    total = (weights / n if split_w else weights) + (grads / n if split_g else grads) + (optim / n if split_o else optim)
+    total = (
+        (weights / n if split_w else weights)
+        + (grads / n if split_g else grads)
+        + (optim / n if split_o else optim)
+    )
     return total / GIB
 
 
 def predicted_infeasible(case: Case) -> str | None:
     """The reason a case cannot fit (states alone exceed the card), or None if it may fit."""
     from hardware import get_gpu
-
     from harness.param_counts import num_parameters
 
     gpu = get_gpu(case.gpu_type)

@@ -27,11 +27,7 @@ class Fault:
     step: int | None = None
 
     def due(self, *, rank: int, micro_batch: int, step: int) -> bool:
-        return (
-            rank == self.rank
-            and self.micro_batch in (None, micro_batch)
-            and self.step in (None, step)
-        )
+        return rank == self.rank and self.micro_batch in (None, micro_batch) and self.step in (None, step)
 
 
 def parse(text: str | None) -> Fault | None:

@@ -87,8 +87,12 @@ def torchrun_command(nproc: int, job_file: Path, *, num_nodes: int = 1) -> list[
         rdzv = ["--nnodes=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}"]
     else:
         endpoint = f"{os.environ['MASTER_ADDR']}:{os.environ.get('MASTER_PORT', '29500')}"
-        rdzv = [f"--nnodes={num_nodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}",
-                f"--rdzv-id={os.environ.get('SLURM_JOB_ID', 'pretrain-bench')}"]
+        rdzv = [
+            f"--nnodes={num_nodes}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={endpoint}",
+            f"--rdzv-id={os.environ.get('SLURM_JOB_ID', 'pretrain-bench')}",
+        ]
     return [*base, *rdzv, "-m", "harness.worker", str(job_file)]
 
 
@@ -116,7 +120,9 @@ def run_job(
     with log_path.open("wb") as log:
         log.write((" ".join(cmd) + "\n").encode())
         log.flush()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=ROOT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=ROOT, start_new_session=True
+        )
         timed_out = False
         try:
             proc.wait(timeout=timeout_s)

@@ -60,6 +60,11 @@ class Plan:
 
 def unsupported_reason(case: Case) -> str | None:
     """Why a case cannot run at all on its hardware type (before any measurement), or None."""
+    from models import get_model
+
+    spec = get_model(case.model)
+    if case.method.activation_checkpointing and not spec.supports_gradient_checkpointing:
+        return f"{spec.hf_class.split(':')[-1]} has no activation checkpointing in transformers"
     if case.gpu_type == "cpu" and case.method.uses_deepspeed:
         return "DeepSpeed needs CUDA GPUs: the cpu profile runs DDP only"
     if case.gpu_type == "cpu" and case.method.uses_fsdp:
@@ -119,11 +124,15 @@ def make_plan(
     target = per_device_target(case)
     if grad_acc_steps is None:
         if target % micro_batch_size:
-            raise BatchNotDivisibleError(f"micro-batch {micro_batch_size} does not divide the per-GPU batch {target}")
+            raise BatchNotDivisibleError(
+                f"micro-batch {micro_batch_size} does not divide the per-GPU batch {target}"
+            )
         grad_acc_steps = target // micro_batch_size
 
     attn = _attention(spec, method.free_lunch, recipe.precision, on_gpu)
-    use_kernels = bool(spec.kernels) and method.free_lunch and on_gpu and all(map(package_available, spec.kernels))
+    use_kernels = (
+        bool(spec.kernels) and method.free_lunch and on_gpu and all(map(package_available, spec.kernels))
+    )
     ckpt = method.activation_checkpointing
     args: dict[str, Any] = {
         "output_dir": output_dir,

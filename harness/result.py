@@ -16,7 +16,9 @@ STATUSES = ("ok", "infeasible", "error")
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Result:
     case: Case
-    status: str  # ok | infeasible (measured: out of memory, indivisible batch) | error (crash, hang, sanity gate)
+    status: (
+        str  # ok | infeasible (measured: out of memory, indivisible batch) | error (crash, hang, sanity gate)
+    )
     reason: str = ""
     micro_batch_size: int | None = None
     grad_acc_steps: int | None = None

@@ -70,7 +70,9 @@ class StepSample:
         t_micro = statistics.fmean(self.micro_s) if self.micro_s else 0.0
         if grad_acc_steps > 1 and not self.micro_s:
             raise ValueError("cannot extrapolate: this step had no non-final micro-batch")
-        return grad_acc_steps * per_micro_load + (grad_acc_steps - 1) * t_micro + self.final_s + self.residual_s
+        return (
+            grad_acc_steps * per_micro_load + (grad_acc_steps - 1) * t_micro + self.final_s + self.residual_s
+        )
 
 
 @dataclass(kw_only=True, slots=True)

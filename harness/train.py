@@ -23,10 +23,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", type=Path, default=None, help="job folder (default: <config>/train)")
     parser.add_argument("--timeout", type=float, default=7 * 86400.0, help="seconds before the job is killed")
     args = parser.parse_args(argv)
+    # Jobs run with the repository as their working directory: make the user's paths absolute.
+    args.config = args.config.resolve()
+    args.output_dir = args.output_dir.resolve() if args.output_dir else None
 
     plan_file = args.config / "plan.json"
     if not plan_file.is_file():
-        parser.error(f"{plan_file} not found: --config takes a folder exported by the report (best/<case id>)")
+        parser.error(
+            f"{plan_file} not found: --config takes a folder exported by the report (best/<case id>)"
+        )
     plan = json.loads(plan_file.read_text())
     job_dir = args.output_dir or args.config / "train"
     if args.max_steps is not None:
@@ -34,15 +39,18 @@ def main(argv: list[str] | None = None) -> int:
     plan["training_args"]["output_dir"] = str(job_dir / "trainer")
     case = plan["case"]
     job = {"mode": "train", "plan": plan, "device": "cpu" if case["gpu_type"] == "cpu" else "cuda"}
-    outcome = run_job(job, nproc=case["gpus_per_node"], num_nodes=case["num_nodes"], job_dir=job_dir,
-                      timeout_s=args.timeout)
+    outcome = run_job(
+        job, nproc=case["gpus_per_node"], num_nodes=case["num_nodes"], job_dir=job_dir, timeout_s=args.timeout
+    )
     if not outcome.ok:
         print(outcome.failure(), file=sys.stderr)
         return 1
     result = outcome.result or {}
     walls = result.get("step_wall_s", [])
-    print(f"trained {result.get('steps')} steps in {result.get('elapsed_s', 0.0):.1f} s "
-          f"(last loss {result.get('losses', [float('nan')])[-1]:.4f}); log: {job_dir / 'output.log'}")
+    print(
+        f"trained {result.get('steps')} steps in {result.get('elapsed_s', 0.0):.1f} s "
+        f"(last loss {result.get('losses', [float('nan')])[-1]:.4f}); log: {job_dir / 'output.log'}"
+    )
     if walls:
         print(f"step time: median {sorted(walls)[len(walls) // 2]:.4f} s over {len(walls)} steps")
     return 0

@@ -79,7 +79,9 @@ class MeasuredTrainer(Trainer):
         for size in self.ramp:
             batches.append(list(range(start, start + size)))
             start += size
-        return DataLoader(self.train_dataset, batch_sampler=batches, pin_memory=self.args.dataloader_pin_memory)
+        return DataLoader(
+            self.train_dataset, batch_sampler=batches, pin_memory=self.args.dataloader_pin_memory
+        )
 
 
 class ProbeCallback(TrainerCallback):
@@ -106,7 +108,9 @@ def write_event(path: Path, event: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
-def build_trainer(job: dict[str, Any], *, recorder: StepRecorder | None, ramp: list[int] | None, extra_callbacks=()):
+def build_trainer(
+    job: dict[str, Any], *, recorder: StepRecorder | None, ramp: list[int] | None, extra_callbacks=()
+):
     from models import get_model
 
     plan = job["plan"]
@@ -117,25 +121,41 @@ def build_trainer(job: dict[str, Any], *, recorder: StepRecorder | None, ramp: l
     args = TrainingArguments(**plan["training_args"])
     torch.manual_seed(args.seed)
     if plan["use_kernels"] is False and spec.kernels:
-        _disable_mamba_kernels()
+        _disable_mamba_kernels(spec.kernels)
     device = args.device
-    if plan["training_args"].get("deepspeed") and plan["training_args"]["deepspeed"]["zero_optimization"]["stage"] == 3:
+    if (
+        plan["training_args"].get("deepspeed")
+        and plan["training_args"]["deepspeed"]["zero_optimization"]["stage"] == 3
+    ):
         model = spec.build_model(attn_implementation=plan["attn_implementation"])
     else:
         with torch.device(device):  # initialise on the device: seconds, not minutes, for billions of weights
             model = spec.build_model(attn_implementation=plan["attn_implementation"])
     world = args.world_size
     steps = job.get("max_steps", args.max_steps)
-    length = sum(ramp) * world if ramp else args.per_device_train_batch_size * args.gradient_accumulation_steps * world * (steps + 1)
+    length = (
+        sum(ramp) * world
+        if ramp
+        else args.per_device_train_batch_size * args.gradient_accumulation_steps * world * (steps + 1)
+    )
     dataset = SyntheticDataset(spec, length, seed=args.seed)
     optimizer = plan["optimizer"]
     opt_kwargs = {}
     if optimizer is not None:
         module, name = optimizer["target"].split(":")
-        opt_kwargs["optimizer_cls_and_kwargs"] = (getattr(importlib.import_module(module), name), dict(optimizer["kwargs"]))
+        opt_kwargs["optimizer_cls_and_kwargs"] = (
+            getattr(importlib.import_module(module), name),
+            dict(optimizer["kwargs"]),
+        )
     callbacks = [c for c in (recorder, *extra_callbacks) if c is not None]
     return MeasuredTrainer(
-        model=model, args=args, train_dataset=dataset, callbacks=callbacks, recorder=recorder, ramp=ramp, **opt_kwargs
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        callbacks=callbacks,
+        recorder=recorder,
+        ramp=ramp,
+        **opt_kwargs,
     )
 
 
@@ -147,12 +167,23 @@ def _plain_cuda_arch_list() -> None:
         os.environ["TORCH_CUDA_ARCH_LIST"] = re.sub(r"(\d+\.\d+)[a-z]+", r"\1", value)
 
 
-def _disable_mamba_kernels() -> None:
-    """Naive Mamba runs the reference PyTorch scan even where the CUDA kernels are installed."""
-    from transformers.models.mamba import modeling_mamba
+def _disable_mamba_kernels(packages: tuple[str, ...]) -> None:
+    """Naive Mamba runs the reference PyTorch scan even where the CUDA kernels are installed.
 
-    if hasattr(modeling_mamba, "is_fast_path_available"):
-        modeling_mamba.is_fast_path_available = False
+    transformers binds mamba-ssm / causal-conv1d when modeling_mamba is first imported (5.17 and
+    later), so the packages are made unimportable before the model module loads.
+    """
+    for package in packages:
+        sys.modules[package] = None  # type: ignore[assignment]  # import now raises ImportError
+
+
+def mamba_kernel_path() -> bool | None:
+    """True if the Mamba model really bound the CUDA kernels, False for the PyTorch path, None if no Mamba."""
+    module = sys.modules.get("transformers.models.mamba.modeling_mamba")
+    if module is None:
+        return None
+    fn = getattr(module, "mamba_inner_fn", None)
+    return bool(fn is not None and getattr(fn, "__module__", "").startswith("mamba_ssm"))
 
 
 def execution_path(trainer: Trainer) -> dict[str, Any]:
@@ -166,8 +197,11 @@ def execution_path(trainer: Trainer) -> dict[str, Any]:
         "fsdp": bool(trainer.is_fsdp_enabled),
         "deepspeed": bool(trainer.is_deepspeed_enabled),
         # FSDP2 shards in place: its modules become FSDP* classes.
-        "sharded_modules": sorted({type(m).__name__ for m in trainer.model_wrapped.modules() if type(m).__name__.startswith("FSDP")}),
+        "sharded_modules": sorted(
+            {type(m).__name__ for m in trainer.model_wrapped.modules() if type(m).__name__.startswith("FSDP")}
+        ),
         "gradient_checkpointing": bool(getattr(trainer.model, "is_gradient_checkpointing", False)),
+        "mamba_kernels": mamba_kernel_path(),
     }
 
 
@@ -177,7 +211,11 @@ def optimizer_settings(trainer: Trainer) -> dict[str, Any]:
     inner = getattr(opt, "optimizer", opt)  # AcceleratedOptimizer / DeepSpeed wrappers hold the real one
     inner = getattr(inner, "optimizer", inner)
     groups = [
-        {k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items() if k in ("lr", "initial_lr", "betas", "eps", "weight_decay")}
+        {
+            k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in g.items()
+            if k in ("lr", "initial_lr", "betas", "eps", "weight_decay")
+        }
         for g in inner.param_groups
     ]
     return {"class": type(inner).__name__, "module": type(inner).__module__, "param_groups": groups}
@@ -200,7 +238,7 @@ def run_probe(job: dict[str, Any], out: Path, rank: int) -> dict[str, Any]:
 
 
 def run_timing(job: dict[str, Any], out: Path, rank: int) -> dict[str, Any]:
-    recorder = StepRecorder(device=torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu"))
+    recorder = StepRecorder(device=_device())
     trainer = build_trainer(job, recorder=recorder, ramp=None)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -209,11 +247,16 @@ def run_timing(job: dict[str, Any], out: Path, rank: int) -> dict[str, Any]:
     except BaseException as error:
         if not oom.is_oom(error):
             raise
-        write_event(out / f"events-rank{rank}.jsonl", {"event": "oom", "micro_batch": trainer.args.per_device_train_batch_size, **oom.describe(error)})
+        write_event(
+            out / f"events-rank{rank}.jsonl",
+            {"event": "oom", "micro_batch": trainer.args.per_device_train_batch_size, **oom.describe(error)},
+        )
         _exit_now(OOM_EXIT)
     peak = oom.memory_now()
     peak_all = _max_over_ranks(peak["peak_reserved_gib"])
-    stats = summarize(recorder.samples, warmup=job["warmup_steps"], grad_acc_steps=job["target_grad_acc_steps"])
+    stats = summarize(
+        recorder.samples, warmup=job["warmup_steps"], grad_acc_steps=job["target_grad_acc_steps"]
+    )
     return {
         "mode": "time",
         **stats,
@@ -228,7 +271,7 @@ def run_timing(job: dict[str, Any], out: Path, rank: int) -> dict[str, Any]:
 
 
 def run_train(job: dict[str, Any], out: Path, rank: int) -> dict[str, Any]:
-    recorder = StepRecorder(device=torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu"))
+    recorder = StepRecorder(device=_device())
     trainer = build_trainer(job, recorder=recorder, ramp=None)
     started = time.perf_counter()
     trainer.train()
@@ -244,10 +287,18 @@ def run_train(job: dict[str, Any], out: Path, rank: int) -> dict[str, Any]:
 def _max_over_ranks(value: float) -> float:
     if not (dist.is_available() and dist.is_initialized()):
         return value
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    device = _device() if dist.get_backend() == "nccl" else torch.device("cpu")
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return float(t.item())
+
+
+def _device() -> torch.device:
+    return (
+        torch.device("cuda", torch.cuda.current_device())
+        if torch.cuda.is_available()
+        else torch.device("cpu")
+    )
 
 
 def _exit_now(code: int) -> None:

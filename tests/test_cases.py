@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from harness.cases import ID_PATTERN, Case
 from harness.methods import SHARDINGS, Method, memory_saving_options, method_set
 
+
 def test_exactly_12_options_on_one_gpu_and_22_on_more():
     assert len(memory_saving_options(1)) == 12
     for n in (2, 4, 8, 16):
@@ -31,7 +32,9 @@ def test_options_obey_the_rules(num_gpus):
 def test_method_construction_enforces_offload_rule(free_lunch, ckpt, sharding, offload):
     if offload and sharding == "none":
         with pytest.raises(ValueError, match="offloading needs sharding"):
-            Method(free_lunch=free_lunch, activation_checkpointing=ckpt, sharding=sharding, offloading=offload)
+            Method(
+                free_lunch=free_lunch, activation_checkpointing=ckpt, sharding=sharding, offloading=offload
+            )
     else:
         Method(free_lunch=free_lunch, activation_checkpointing=ckpt, sharding=sharding, offloading=offload)
 
@@ -54,7 +57,9 @@ def all_cases() -> list[Case]:
             for nodes in (1, 2):
                 for count in (1, 2, 4, 8):
                     for m in [Method(free_lunch=False), *memory_saving_options(nodes * count)]:
-                        cases.append(Case(model=model, gpu_type=gpu, num_nodes=nodes, gpus_per_node=count, method=m))
+                        cases.append(
+                            Case(model=model, gpu_type=gpu, num_nodes=nodes, gpus_per_node=count, method=m)
+                        )
     return cases
 
 
@@ -76,18 +81,32 @@ def test_id_is_a_function_of_the_case(sharding, ckpt, offload, count, nodes):
     if not m.is_valid_for(count * nodes):
         return
     case = Case(model="pythia-1b", gpu_type="h100", num_nodes=nodes, gpus_per_node=count, method=m)
-    assert case.id == Case(model="pythia-1b", gpu_type="h100", num_nodes=nodes, gpus_per_node=count, method=m).id
+    assert (
+        case.id == Case(model="pythia-1b", gpu_type="h100", num_nodes=nodes, gpus_per_node=count, method=m).id
+    )
     assert case.id.startswith(f"pythia-1b-h100x{count}")
     assert ("ckpt" in case.id) == ckpt and ("offload" in case.id) == offload
 
 
 def test_id_examples():
     m = Method(free_lunch=True, sharding="zero1", activation_checkpointing=True)
-    assert Case(model="pythia-1b", gpu_type="h100", gpus_per_node=4, method=m).id == "pythia-1b-h100x4-zero1-ckpt"
-    assert Case(model="pythia-1b", gpu_type="h100", num_nodes=2, gpus_per_node=8,
-                method=Method(free_lunch=False)).id == "pythia-1b-h100x8-2nodes-naive"
+    assert (
+        Case(model="pythia-1b", gpu_type="h100", gpus_per_node=4, method=m).id
+        == "pythia-1b-h100x4-zero1-ckpt"
+    )
+    assert (
+        Case(
+            model="pythia-1b", gpu_type="h100", num_nodes=2, gpus_per_node=8, method=Method(free_lunch=False)
+        ).id
+        == "pythia-1b-h100x8-2nodes-naive"
+    )
 
 
 def test_invalid_case_is_rejected():
     with pytest.raises(ValueError, match="not valid on 1 GPU"):
-        Case(model="pythia-1b", gpu_type="h100", gpus_per_node=1, method=Method(free_lunch=True, sharding="zero1"))
+        Case(
+            model="pythia-1b",
+            gpu_type="h100",
+            gpus_per_node=1,
+            method=Method(free_lunch=True, sharding="zero1"),
+        )

@@ -33,7 +33,10 @@ def test_ddp_two_processes_timed_through_the_trainer(tmp_path):
     assert result.micro_batch_size == 2 and result.grad_acc_steps == 2 and result.measured_grad_acc_steps == 2
     timing = result.timing
     assert len(timing["step_samples_s"]) >= 5
-    assert timing["distributed_type"].endswith("MULTI_CPU") and timing["wrapped_model"] == "DistributedDataParallel"
+    assert (
+        timing["distributed_type"].endswith("MULTI_CPU")
+        and timing["wrapped_model"] == "DistributedDataParallel"
+    )
     assert len(timing["micro_samples_s"]) == len(timing["step_samples_s"])  # one no_sync micro-batch per step
     assert all(x > 0 for x in timing["micro_samples_s"])
     # The recipe's hyper-parameters reached the optimizer the Trainer built.
@@ -52,7 +55,12 @@ def test_ddp_two_processes_timed_through_the_trainer(tmp_path):
 @pytest.mark.parametrize("sharding", ["fsdp_full", "zero2"])
 def test_sharded_cases_on_the_cpu_are_refused_with_a_reason_not_faked(tmp_path, sharding):
     # accelerate enables FSDP only on accelerators: the Trainer would silently run DDP instead.
-    case = Case(model="pythia-14m", gpu_type="cpu", gpus_per_node=2, method=Method(free_lunch=False, sharding=sharding))
+    case = Case(
+        model="pythia-14m",
+        gpu_type="cpu",
+        gpus_per_node=2,
+        method=Method(free_lunch=False, sharding=sharding),
+    )
     result = run(tmp_path, case, max_micro_batch=2)
     assert result.status == "infeasible"
     assert ("FSDP" if sharding.startswith("fsdp") else "DeepSpeed") in result.reason
@@ -86,7 +94,9 @@ def test_a_killed_rank_is_an_error_not_infeasible(tmp_path):
 def test_a_hung_rank_ends_at_the_timeout(tmp_path):
     case = Case(model="pythia-14m", gpu_type="cpu", gpus_per_node=2, method=NAIVE)
     started = time.monotonic()
-    result = run(tmp_path, case, max_micro_batch=2, timeout_s=45, env={"PRETRAIN_BENCH_FAULT": "hang:rank=1:step=1"})
+    result = run(
+        tmp_path, case, max_micro_batch=2, timeout_s=45, env={"PRETRAIN_BENCH_FAULT": "hang:rank=1:step=1"}
+    )
     assert result.status == "error"
     assert "timed out after" in result.reason
     assert time.monotonic() - started < 120
@@ -124,9 +134,8 @@ def test_store_resumes_skips_corrupt_and_forces(tmp_path):
 
 
 def test_parameter_table_matches_the_models():
-    from models import MODELS
-
     from harness.param_counts import PARAMETERS
+    from models import MODELS
 
     for name, spec in MODELS.items():
         assert PARAMETERS.get(name) == spec.num_parameters(), name
