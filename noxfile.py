@@ -48,7 +48,9 @@ def lint(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmark this node: its GPU type's marker, or the cpu tiny profile where there is no GPU."""
     _install(session, "-e", ".[test]")
-    marker = subprocess.run([sys.executable, "-m", "hardware"], capture_output=True, text=True, check=True, cwd=ROOT)
+    marker = subprocess.run(
+        [sys.executable, "-m", "hardware"], capture_output=True, text=True, check=True, cwd=ROOT
+    )
     session.run("python", "-m", "pytest", "bench", "-m", marker.stdout.strip(), *session.posargs)
 
 
@@ -73,7 +75,9 @@ def kernels(session: nox.Session) -> None:
     """Build flash-attn, mamba-ssm and causal-conv1d for this node's GPU architecture only."""
     capability = subprocess.run(
         [sys.executable, "-c", "import torch; print('%d.%d' % torch.cuda.get_device_capability())"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     env = {
         "TORCH_CUDA_ARCH_LIST": capability,
@@ -83,4 +87,6 @@ def kernels(session: nox.Session) -> None:
     }
     packages = session.posargs or ["causal-conv1d>=1.4", "mamba-ssm>=2.2", "flash-attn>=2.6"]
     # The packages compile against the torch already installed, so no build isolation.
-    session.run("python", "-m", "pip", "install", "--no-build-isolation", "--no-binary", ":all:", *packages, env=env)
+    session.run(
+        "python", "-m", "pip", "install", "--no-build-isolation", "--no-binary", ":all:", *packages, env=env
+    )

@@ -25,7 +25,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {field}: {getattr(node, field)}")
         return 0
     if node.gpu_type is None:
-        print(f"unknown or mixed GPUs on this node ({node}); add the card with PRETRAIN_BENCH_HARDWARE", file=sys.stderr)
+        print(
+            f"unknown or mixed GPUs on this node ({node}); add the card with PRETRAIN_BENCH_HARDWARE",
+            file=sys.stderr,
+        )
         return 1
     print(marker_name(node.gpu_type))
     return 0

@@ -93,7 +93,7 @@ class Node:
 def parse_nvidia_smi(text: str) -> list[GpuRecord]:
     """Rows of `nvidia-smi --format=csv,noheader,nounits --query-gpu=name,memory.total,driver_version`
     (optionally `,uuid` after them)."""
-    records = []
+    records: list[GpuRecord] = []
     for line in text.splitlines():
         if not line.strip():
             continue

@@ -151,13 +151,14 @@ def _no_unknown(table: dict[str, Any], known: set[str], where: str) -> None:
             )
 
 
-def _convert(key: str, value: Any, where: str) -> Any:
+def _convert(key: str, raw: Any, where: str) -> Any:
     types, nullable, wanted = _FIELDS[key]
-    if value is None and nullable:
+    if raw is None and nullable:
         return None
     # bool is an int subclass: `memory_gib = true` must not pass as 1.
-    if isinstance(value, bool) and bool not in types or not isinstance(value, types):
-        raise HardwareFileError(f"{where}.{key}: must be {wanted}, got {value!r}")
+    if isinstance(raw, bool) and bool not in types or not isinstance(raw, types):
+        raise HardwareFileError(f"{where}.{key}: must be {wanted}, got {raw!r}")
+    value: Any = raw  # of the field's types now; mypy cannot follow the table
     if key in ("memory_gib", "price_usd"):
         return float(value)
     if key == "price_date" and isinstance(value, str):

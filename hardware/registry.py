@@ -21,6 +21,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from harness.names import lookup
 
@@ -145,7 +146,7 @@ _H100_WHITEPAPER = "NVIDIA H100 Tensor Core GPU Architecture whitepaper (GH100),
 _GA102_WHITEPAPER = "NVIDIA Ampere GA102 GPU Architecture whitepaper v2.0, {}, dense, FP32 accumulate"
 _A100_DATASHEET = "NVIDIA A100 Tensor Core GPU datasheet (FP32 19.5, TF32 156, BF16/FP16 312 dense)"
 
-_PAPER_PRICE = {"price_date": PAPER_PRICE_DATE, "price_source": PAPER_PRICE_SOURCE}
+_PAPER_PRICE: dict[str, Any] = {"price_date": PAPER_PRICE_DATE, "price_source": PAPER_PRICE_SOURCE}
 _NO_PRICE: dict = {"price_usd": None, "price_date": None, "price_source": None}
 
 # Most specific first: match_gpu takes the first type that matches.

@@ -92,7 +92,7 @@ def _measure(case: Case, *, environment: dict[str, Any], fingerprint: str, optio
     else:
         fits = candidates
 
-    timing_ooms = []
+    timing_ooms: list[str] = []
     for micro_batch in reversed(fits):
         grad_acc = target // micro_batch
         measured = grad_acc if options.full_accumulation else min(grad_acc, options.max_measured_grad_acc)

@@ -79,9 +79,9 @@ class MeasuredTrainer(Trainer):
         for size in self.ramp:
             batches.append(list(range(start, start + size)))
             start += size
-        return DataLoader(
-            self.train_dataset, batch_sampler=batches, pin_memory=self.args.dataloader_pin_memory
-        )
+        dataset = self.train_dataset
+        assert isinstance(dataset, SyntheticDataset), "the probe feeds the synthetic dataset"
+        return DataLoader(dataset, batch_sampler=batches, pin_memory=self.args.dataloader_pin_memory)
 
 
 class ProbeCallback(TrainerCallback):
@@ -208,6 +208,7 @@ def execution_path(trainer: Trainer) -> dict[str, Any]:
 def optimizer_settings(trainer: Trainer) -> dict[str, Any]:
     """What the optimizer really holds, read back after training (under DeepSpeed too)."""
     opt = trainer.optimizer
+    assert opt is not None, "read after training: the Trainer has built its optimizer"
     inner = getattr(opt, "optimizer", opt)  # AcceleratedOptimizer / DeepSpeed wrappers hold the real one
     inner = getattr(inner, "optimizer", inner)
     groups = [

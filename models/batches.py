@@ -22,8 +22,9 @@ MLM_RANDOM_SHARE = 0.1  # 10% a random token, and the remaining 10% stay as they
 IGNORE_INDEX = -100  # what HF losses skip
 
 
-def make_batch(spec: ModelSpec, batch_size: int, *, seed: int = 0, device: str | torch.device = "cpu"
-               ) -> dict[str, torch.Tensor]:
+def make_batch(
+    spec: ModelSpec, batch_size: int, *, seed: int = 0, device: str | torch.device = "cpu"
+) -> dict[str, torch.Tensor]:
     import torch
 
     if batch_size < 1:
@@ -31,19 +32,20 @@ def make_batch(spec: ModelSpec, batch_size: int, *, seed: int = 0, device: str |
     generator = torch.Generator().manual_seed(seed)
     config = spec.config_kwargs
     if spec.family in ("pythia", "mamba"):
-        batch = causal_lm_batch(generator, batch_size, spec.seq_len, config["vocab_size"])
+        batch = causal_lm_batch(generator, batch_size, spec.sample_size, config["vocab_size"])
     elif spec.family == "roberta":
-        batch = masked_lm_batch(generator, batch_size, spec.seq_len, config["vocab_size"])
+        batch = masked_lm_batch(generator, batch_size, spec.sample_size, config["vocab_size"])
     elif spec.family in ("convnext", "vit"):
         channels = config.get("num_channels", 3)
-        batch = image_batch(generator, batch_size, spec.image_size, channels, config["num_labels"])
+        batch = image_batch(generator, batch_size, spec.sample_size, channels, config["num_labels"])
     else:
         raise ValueError(f"no batch builder for family {spec.family!r}")
     return {key: value.to(device) for key, value in batch.items()}
 
 
-def causal_lm_batch(generator: torch.Generator, batch_size: int, seq_len: int, vocab_size: int
-                    ) -> dict[str, torch.Tensor]:
+def causal_lm_batch(
+    generator: torch.Generator, batch_size: int, seq_len: int, vocab_size: int
+) -> dict[str, torch.Tensor]:
     """labels = input_ids: HF causal LMs shift the labels themselves (seq_len - 1 predictions)."""
     import torch
 
@@ -51,8 +53,9 @@ def causal_lm_batch(generator: torch.Generator, batch_size: int, seq_len: int, v
     return {"input_ids": input_ids, "labels": input_ids.clone()}
 
 
-def masked_lm_batch(generator: torch.Generator, batch_size: int, seq_len: int, vocab_size: int
-                    ) -> dict[str, torch.Tensor]:
+def masked_lm_batch(
+    generator: torch.Generator, batch_size: int, seq_len: int, vocab_size: int
+) -> dict[str, torch.Tensor]:
     """RoBERTa's masked-LM objective, drawn as HF's DataCollatorForLanguageModeling draws it.
 
     Tokens come from the regular range only: a <pad> inside the sequence would shift RoBERTa's
@@ -76,8 +79,9 @@ def masked_lm_batch(generator: torch.Generator, batch_size: int, seq_len: int, v
     return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
 
 
-def image_batch(generator: torch.Generator, batch_size: int, image_size: int, channels: int,
-                num_labels: int) -> dict[str, torch.Tensor]:
+def image_batch(
+    generator: torch.Generator, batch_size: int, image_size: int, channels: int, num_labels: int
+) -> dict[str, torch.Tensor]:
     """Standard-normal pixels, like a normalised image, and one random class per image."""
     import torch
 

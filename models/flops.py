@@ -30,8 +30,7 @@ def training_flops_per_sample(spec: ModelSpec) -> float:
     formula = FORWARD_FORMULAS.get(spec.family)
     if formula is None:
         raise ValueError(f"no FLOPs formula for family {spec.family!r}")
-    size = spec.seq_len if spec.seq_len is not None else spec.image_size
-    return float(TRAINING_MULTIPLIER * formula(spec.config_kwargs, size))
+    return float(TRAINING_MULTIPLIER * formula(spec.config_kwargs, spec.sample_size))
 
 
 def transformer_layer_forward(tokens: int, hidden: int, intermediate: int) -> int:

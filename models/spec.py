@@ -70,8 +70,9 @@ class Recipe:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
         if self.lr_scheduler_type not in SCHEDULES:
-            raise ValueError(f"unknown schedule {self.lr_scheduler_type!r}; "
-                             f"choose from {', '.join(SCHEDULES)}")
+            raise ValueError(
+                f"unknown schedule {self.lr_scheduler_type!r}; choose from {', '.join(SCHEDULES)}"
+            )
         if not 0 <= self.warmup_steps < self.training_steps:
             raise ValueError(f"warmup {self.warmup_steps} must lie in [0, {self.training_steps})")
         if self.global_batch < 1:
@@ -141,6 +142,14 @@ class ModelSpec:
         return "images" if self.family in IMAGE_FAMILIES else "tokens"
 
     @property
+    def sample_size(self) -> int:
+        """Sequence length for text models, image side for image models."""
+        size = self.seq_len if self.seq_len is not None else self.image_size
+        if size is None:
+            raise ValueError(f"{self.name}: neither seq_len nor image_size is set")
+        return size
+
+    @property
     def tokens_per_sample(self) -> int:
         """Tokens in one sample for text models; an image counts as one sample-unit."""
         return self.seq_len if self.seq_len is not None else 1
@@ -149,8 +158,10 @@ class ModelSpec:
         """The transformers config, from the explicit kwargs only (no hub access)."""
         if attn_implementation is not None and attn_implementation not in self.attention:
             supported = ", ".join(self.attention) or "none (the model has no attention)"
-            raise ValueError(f"{self.name} does not support attn_implementation={attn_implementation!r}; "
-                             f"supported: {supported}")
+            raise ValueError(
+                f"{self.name} does not support attn_implementation={attn_implementation!r}; "
+                f"supported: {supported}"
+            )
         kwargs = self.config_kwargs
         if attn_implementation is not None:
             kwargs["attn_implementation"] = attn_implementation
@@ -168,8 +179,9 @@ class ModelSpec:
         extra = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
         return resolve(self.hf_class)._from_config(config, dtype=torch.float32, **extra)
 
-    def make_batch(self, batch_size: int, *, seed: int = 0, device: str | torch.device = "cpu"
-                   ) -> dict[str, torch.Tensor]:
+    def make_batch(
+        self, batch_size: int, *, seed: int = 0, device: str | torch.device = "cpu"
+    ) -> dict[str, torch.Tensor]:
         """Random inputs with the labels the HF model computes its loss from (see models.batches)."""
         return batches.make_batch(self, batch_size, seed=seed, device=device)
 

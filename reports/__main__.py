@@ -1,6 +1,6 @@
 """Regenerate the report from stored results, without a GPU or a benchmark run.
 
-    python -m reports --results-dir runs/results --out runs/report/regenerated
+python -m reports --results-dir runs/results --out runs/report/regenerated
 """
 
 from __future__ import annotations
@@ -14,10 +14,15 @@ from harness.store import DEFAULT_ROOT, ResultStore
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reports", description=__doc__.splitlines()[0])
-    parser.add_argument("--results-dir", type=Path, default=DEFAULT_ROOT,
-                        help="the results store (default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=Path("runs") / "report" / "regenerated",
-                        help="folder to write the report to (default: %(default)s)")
+    parser.add_argument(
+        "--results-dir", type=Path, default=DEFAULT_ROOT, help="the results store (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs") / "report" / "regenerated",
+        help="folder to write the report to (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
 
     if not args.results_dir.is_dir():

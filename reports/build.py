@@ -41,36 +41,62 @@ def summary_table(found: list[Group]) -> Table:
     rows = []
     for group in found:
         best = group.best
-        rows.append({
-            "model": group.model, "hardware": group.label,
-            "method": best.case.method.slug if best else group.status,
-            "micro-batch x acc.": f"{best.micro_batch_size} x {best.grad_acc_steps}" if best else "",
-            "days": fmt_days(best.training_days) if best else "", "MFU": fmt_mfu(best.mfu) if best else "",
-        })
+        rows.append(
+            {
+                "model": group.model,
+                "hardware": group.label,
+                "method": best.case.method.slug if best else group.status,
+                "micro-batch x acc.": f"{best.micro_batch_size} x {best.grad_acc_steps}" if best else "",
+                "days": fmt_days(best.training_days) if best else "",
+                "MFU": fmt_mfu(best.mfu) if best else "",
+            }
+        )
     columns = ["model", "hardware", "method", "micro-batch x acc.", "days", "MFU"]
     return Table(title="Best setting per model and hardware", frame=pd.DataFrame(rows, columns=columns))
 
 
 def costs_table(rows: list[dict]) -> Table:
-    display = [{
-        "model": r["model"], "hardware": r["hardware"], "method": r["method"],
-        "days": fmt_days(r["training_days"]), "GPU price": fmt_usd(r["gpu_price_usd"]),
-        "machine without GPUs": fmt_usd(r["machine_base_usd"]),
-        "hardware cost": fmt_usd(r["hardware_cost_usd"]),
-        "cost per experiment": fmt_usd(r["cost_per_experiment_usd"]), "note": r["note"],
-    } for r in rows]
-    columns = ["model", "hardware", "method", "days", "GPU price", "machine without GPUs", "hardware cost",
-               "cost per experiment", "note"]
+    display = [
+        {
+            "model": r["model"],
+            "hardware": r["hardware"],
+            "method": r["method"],
+            "days": fmt_days(r["training_days"]),
+            "GPU price": fmt_usd(r["gpu_price_usd"]),
+            "machine without GPUs": fmt_usd(r["machine_base_usd"]),
+            "hardware cost": fmt_usd(r["hardware_cost_usd"]),
+            "cost per experiment": fmt_usd(r["cost_per_experiment_usd"]),
+            "note": r["note"],
+        }
+        for r in rows
+    ]
+    columns = [
+        "model",
+        "hardware",
+        "method",
+        "days",
+        "GPU price",
+        "machine without GPUs",
+        "hardware cost",
+        "cost per experiment",
+        "note",
+    ]
     sources = sorted({f"{r['price_source']} ({r['price_date']})" for r in rows if r["price_source"]})
     unpriced = sorted({r["gpu_type"] for r in rows if r["gpu_price_usd"] is None})
-    notes = [f"Hardware cost = GPU price x GPUs + machine without GPUs, per node; cost per experiment = "
-             f"hardware cost x days / ({costs.LIFETIME_YEARS} x 365), a {costs.LIFETIME_YEARS}-year life."]
+    notes = [
+        f"Hardware cost = GPU price x GPUs + machine without GPUs, per node; cost per experiment = "
+        f"hardware cost x days / ({costs.LIFETIME_YEARS} x 365), a {costs.LIFETIME_YEARS}-year life."
+    ]
     notes += [f"Prices: {source}." for source in sources]
     if unpriced:
-        notes.append(f"No price in the hardware registry for: {', '.join(unpriced)}; "
-                     "their cost cells are empty.")
-    return Table(title="Cost per model and hardware option (best setting)",
-                 frame=pd.DataFrame(display, columns=columns).fillna(""), notes=tuple(notes))
+        notes.append(
+            f"No price in the hardware registry for: {', '.join(unpriced)}; their cost cells are empty."
+        )
+    return Table(
+        title="Cost per model and hardware option (best setting)",
+        frame=pd.DataFrame(display, columns=columns).fillna(""),
+        notes=tuple(notes),
+    )
 
 
 def environment_table(results: list[Result]) -> Table:
@@ -100,8 +126,12 @@ def write_report(results: list[Result], out_dir: Path) -> dict[str, Path]:
     files["training_days"] = out_dir / "training_days.md"
     files["training_days"].write_text(markdown(days_tables, "Training days"))
 
-    config_tables = [best_settings_table(found), speedup_table(found), memory_saving_table(found),
-                     feasibility_table(found)]
+    config_tables = [
+        best_settings_table(found),
+        speedup_table(found),
+        memory_saving_table(found),
+        feasibility_table(found),
+    ]
     files["optimal_configs"] = out_dir / "optimal_configs.md"
     files["optimal_configs"].write_text(markdown(config_tables, "Optimal configurations"))
 
@@ -122,29 +152,54 @@ def write_report(results: list[Result], out_dir: Path) -> dict[str, Path]:
 
     figures: dict[str, tuple[Path, str]] = {}
     for name, caption, written in (
-        ("hardware_cost", "Hardware cost vs training days",
-         plots.hardware_cost_plot(cost_rows, out_dir / "hardware_cost_vs_days.png")),
-        ("cost_per_experiment", "Cost per experiment vs training days",
-         plots.cost_per_experiment_plot(cost_rows, out_dir / "cost_per_experiment_vs_days.png")),
-        ("speedups", "Speedup of the best setting over naive",
-         plots.speedup_plot(found, out_dir / "speedups.png")),
+        (
+            "hardware_cost",
+            "Hardware cost vs training days",
+            plots.hardware_cost_plot(cost_rows, out_dir / "hardware_cost_vs_days.png"),
+        ),
+        (
+            "cost_per_experiment",
+            "Cost per experiment vs training days",
+            plots.cost_per_experiment_plot(cost_rows, out_dir / "cost_per_experiment_vs_days.png"),
+        ),
+        (
+            "speedups",
+            "Speedup of the best setting over naive",
+            plots.speedup_plot(found, out_dir / "speedups.png"),
+        ),
     ):
         if written is not None:
             files[f"plot_{name}"] = written
             figures[name] = (written, caption)
 
-    commands = [f"{r.case.id}: {export.train_command(r, f'best/{r.case.id}')}" if r.plan
-                else f"{r.case.id}: no plan stored with the result, nothing exported" for r in best]
+    commands = [
+        f"{r.case.id}: {export.train_command(r, f'best/{r.case.id}')}"
+        if r.plan
+        else f"{r.case.id}: no plan stored with the result, nothing exported"
+        for r in best
+    ]
     sections: list[tuple[str, Sequence[html.Item]]] = [
-        ("Summary", [f"{len(results)} results, {sum(r.feasible for r in results)} feasible, "
-                     f"over {len(found)} model and hardware combinations.",
-                     summary_table(found), environment_table(results)]),
+        (
+            "Summary",
+            [
+                f"{len(results)} results, {sum(r.feasible for r in results)} feasible, "
+                f"over {len(found)} model and hardware combinations.",
+                summary_table(found),
+                environment_table(results),
+            ],
+        ),
         ("Training days", days_tables),
         ("Optimal configurations", config_tables),
-        ("Costs", [cost_table, *(figures[k] for k in ("hardware_cost", "cost_per_experiment")
-                                 if k in figures)]),
-        ("Speedups", [figures["speedups"]] if "speedups" in figures
-         else ["No model and hardware has both a naive and a best result."]),
+        (
+            "Costs",
+            [cost_table, *(figures[k] for k in ("hardware_cost", "cost_per_experiment") if k in figures)],
+        ),
+        (
+            "Speedups",
+            [figures["speedups"]]
+            if "speedups" in figures
+            else ["No model and hardware has both a naive and a best result."],
+        ),
         ("Train with a best setting", [*commands] or ["No feasible result."]),
         ("All results", [Table(title="results.csv", frame=results_frame(results).fillna(""))]),
     ]

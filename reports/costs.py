@@ -17,9 +17,22 @@ LIFETIME_YEARS = 5
 LIFETIME_DAYS = LIFETIME_YEARS * 365
 
 COST_COLUMNS: tuple[str, ...] = (
-    "model", "hardware", "gpu_type", "num_nodes", "gpus_per_node", "num_gpus", "method", "case_id",
-    "training_days", "gpu_price_usd", "machine_base_usd", "hardware_cost_usd", "cost_per_experiment_usd",
-    "price_date", "price_source", "note",
+    "model",
+    "hardware",
+    "gpu_type",
+    "num_nodes",
+    "gpus_per_node",
+    "num_gpus",
+    "method",
+    "case_id",
+    "training_days",
+    "gpu_price_usd",
+    "machine_base_usd",
+    "hardware_cost_usd",
+    "cost_per_experiment_usd",
+    "price_date",
+    "price_source",
+    "note",
 )
 
 
@@ -58,9 +71,13 @@ def price_of(gpu_type: str, gpus_per_node: int) -> Price:
         base, note = None, str(error)
     if gpu.price_usd is None:
         note = f"no price for {gpu_type} in the hardware registry (add one with its date and source)"
-    return Price(gpu_usd=gpu.price_usd, machine_base_usd=base,
-                 date=gpu.price_date.isoformat() if gpu.price_date else "", source=gpu.price_source or "",
-                 note=note)
+    return Price(
+        gpu_usd=gpu.price_usd,
+        machine_base_usd=base,
+        date=gpu.price_date.isoformat() if gpu.price_date else "",
+        source=gpu.price_source or "",
+        note=note,
+    )
 
 
 def cost_rows(groups: list[Group]) -> list[dict[str, Any]]:
@@ -73,15 +90,28 @@ def cost_rows(groups: list[Group]) -> list[dict[str, Any]]:
         price = price_of(group.gpu_type, group.gpus_per_node)
         hardware_usd = per_run = None
         if price.gpu_usd is not None and price.machine_base_usd is not None:
-            hardware_usd = hardware_cost(price.gpu_usd, group.gpus_per_node, price.machine_base_usd,
-                                         group.num_nodes)
+            hardware_usd = hardware_cost(
+                price.gpu_usd, group.gpus_per_node, price.machine_base_usd, group.num_nodes
+            )
             per_run = cost_per_experiment(hardware_usd, days(best))
-        rows.append({
-            "model": group.model, "hardware": group.label, "gpu_type": group.gpu_type,
-            "num_nodes": group.num_nodes, "gpus_per_node": group.gpus_per_node, "num_gpus": group.num_gpus,
-            "method": best.case.method.slug, "case_id": best.case.id, "training_days": best.training_days,
-            "gpu_price_usd": price.gpu_usd, "machine_base_usd": price.machine_base_usd,
-            "hardware_cost_usd": hardware_usd, "cost_per_experiment_usd": per_run,
-            "price_date": price.date, "price_source": price.source, "note": price.note,
-        })
+        rows.append(
+            {
+                "model": group.model,
+                "hardware": group.label,
+                "gpu_type": group.gpu_type,
+                "num_nodes": group.num_nodes,
+                "gpus_per_node": group.gpus_per_node,
+                "num_gpus": group.num_gpus,
+                "method": best.case.method.slug,
+                "case_id": best.case.id,
+                "training_days": best.training_days,
+                "gpu_price_usd": price.gpu_usd,
+                "machine_base_usd": price.machine_base_usd,
+                "hardware_cost_usd": hardware_usd,
+                "cost_per_experiment_usd": per_run,
+                "price_date": price.date,
+                "price_source": price.source,
+                "note": price.note,
+            }
+        )
     return rows

@@ -38,8 +38,9 @@ def training_steps(result: Result) -> int:
 
 
 def train_command(result: Result, config_dir: str) -> str:
-    return shlex.join(["python", "-m", "harness.train", "--config", config_dir,
-                       "--max-steps", str(training_steps(result))])
+    return shlex.join(
+        ["python", "-m", "harness.train", "--config", config_dir, "--max-steps", str(training_steps(result))]
+    )
 
 
 def export_case(result: Result, best_dir: Path) -> dict[str, Path]:

@@ -34,14 +34,15 @@ def table_html(table: Table) -> str:
         body = "<p><em>No rows.</em></p>"
     else:
         body = table.frame.to_html(index=False, escape=True, border=0, na_rep="")
-    return f"<h3>{html.escape(table.title)}</h3>{notes}<div class=\"wide\">{body}</div>"
+    return f'<h3>{html.escape(table.title)}</h3>{notes}<div class="wide">{body}</div>'
 
 
 def image_html(path: Path, caption: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     alt = html.escape(caption)
-    return (f'<figure><img src="data:image/png;base64,{data}" alt="{alt}">'
-            f"<figcaption>{alt}</figcaption></figure>")
+    return (
+        f'<figure><img src="data:image/png;base64,{data}" alt="{alt}"><figcaption>{alt}</figcaption></figure>'
+    )
 
 
 Item = Table | tuple[Path, str] | str
@@ -49,8 +50,10 @@ Item = Table | tuple[Path, str] | str
 
 def page(sections: Sequence[tuple[str, Sequence[Item]]], title: str) -> str:
     """sections: (heading, [Table | (png path, caption) | plain text paragraph])."""
-    parts = [f"<h1>{html.escape(title)}</h1>",
-             f'<p class="note">Written {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC.</p>']
+    parts = [
+        f"<h1>{html.escape(title)}</h1>",
+        f'<p class="note">Written {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC.</p>',
+    ]
     for heading, items in sections:
         parts.append(f"<h2>{html.escape(heading)}</h2>")
         for item in items:
@@ -60,6 +63,9 @@ def page(sections: Sequence[tuple[str, Sequence[Item]]], title: str) -> str:
                 parts.append(image_html(*item))
             else:
                 parts.append(f"<p>{html.escape(item)}</p>")
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>\n<body>\n"
-            + "\n".join(parts) + "\n</body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>\n<body>\n"
+        + "\n".join(parts)
+        + "\n</body></html>\n"
+    )

@@ -81,7 +81,8 @@ def optimal_configs() -> dict[tuple[str, str, int], PaperConfig]:
                 offloading=_bool(row["offloading"]),
             )
             table[(row["model"], row["gpu_type"], int(row["num_gpus"]))] = PaperConfig(
-                method=method, micro_batch_size=int(row["micro_batch_size"]),
+                method=method,
+                micro_batch_size=int(row["micro_batch_size"]),
                 grad_acc_steps=int(row["grad_acc_steps"]),
             )
     return table

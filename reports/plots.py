@@ -40,8 +40,13 @@ def _scatter(rows: list[dict[str, Any]], y_key: str, y_label: str, title: str, p
         mine = [r for r in points if r["model"] == model]
         ax.scatter([r["training_days"] for r in mine], [r[y_key] for r in mine], label=model, s=36)
         for r in mine:
-            ax.annotate(r["hardware"], (r["training_days"], r[y_key]), textcoords="offset points",
-                        xytext=(4, 4), fontsize=8)
+            ax.annotate(
+                r["hardware"],
+                (r["training_days"], r[y_key]),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=8,
+            )
     days = [r["training_days"] for r in points]
     # Days span orders of magnitude across GPU types (1 to 1,500 in the paper): log scale then.
     if min(days) > 0 and max(days) / min(days) > 50:
@@ -58,13 +63,19 @@ def _scatter(rows: list[dict[str, Any]], y_key: str, y_label: str, title: str, p
 
 
 def hardware_cost_plot(cost_rows: list[dict[str, Any]], path: Path) -> Path | None:
-    return _scatter(cost_rows, "hardware_cost_usd", "hardware cost (USD)",
-                    "Hardware cost vs pre-training time", path)
+    return _scatter(
+        cost_rows, "hardware_cost_usd", "hardware cost (USD)", "Hardware cost vs pre-training time", path
+    )
 
 
 def cost_per_experiment_plot(cost_rows: list[dict[str, Any]], path: Path) -> Path | None:
-    return _scatter(cost_rows, "cost_per_experiment_usd", "cost per experiment (USD, 5-year life)",
-                    "Cost per experiment vs pre-training time", path)
+    return _scatter(
+        cost_rows,
+        "cost_per_experiment_usd",
+        "cost per experiment (USD, 5-year life)",
+        "Cost per experiment vs pre-training time",
+        path,
+    )
 
 
 def speedup_plot(groups: list[Group], path: Path) -> Path | None:

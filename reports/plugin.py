@@ -36,14 +36,24 @@ def _folder(value: str) -> Path:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("pretrain-bench-report", "pretrain-bench report")
-    group.addoption("--report-dir", type=_folder, default=str(DEFAULT_REPORT_DIR), metavar="DIR",
-                    help="write each session's report to a new folder DIR/<YYYYmmdd-HHMMSS>/ "
-                         "(default: %(default)s)")
-    group.addoption("--no-report", action="store_true", default=False,
-                    help="collect no results and write no report")
-    group.addoption("--results-dir", type=_folder, default=str(DEFAULT_ROOT), metavar="DIR",
-                    help="the results store: measured cases are kept and resumed from here, and the "
-                         "report merges its newest result per case (default: %(default)s)")
+    group.addoption(
+        "--report-dir",
+        type=_folder,
+        default=str(DEFAULT_REPORT_DIR),
+        metavar="DIR",
+        help="write each session's report to a new folder DIR/<YYYYmmdd-HHMMSS>/ (default: %(default)s)",
+    )
+    group.addoption(
+        "--no-report", action="store_true", default=False, help="collect no results and write no report"
+    )
+    group.addoption(
+        "--results-dir",
+        type=_folder,
+        default=str(DEFAULT_ROOT),
+        metavar="DIR",
+        help="the results store: measured cases are kept and resumed from here, and the "
+        "report merges its newest result per case (default: %(default)s)",
+    )
 
 
 class ReportCollector:
@@ -141,8 +151,12 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     node = detect_node()
     env = controller_environment(node)
     machine_info["gpu"] = {
-        "type": node.gpu_type, "name": env["gpu_name"], "count": env["gpu_count"], "driver": env["driver"],
-        "cuda_driver": node.cuda_driver_version, "interconnect": node.interconnect,
+        "type": node.gpu_type,
+        "name": env["gpu_name"],
+        "count": env["gpu_count"],
+        "driver": env["driver"],
+        "cuda_driver": node.cuda_driver_version,
+        "interconnect": node.interconnect,
     }
     machine_info["training_stack"] = {
         name: env[name] for name in ("cuda", "torch", "transformers", "accelerate", "deepspeed")

@@ -19,15 +19,57 @@ from reports import paper
 
 # results.csv: the brief's columns first, then everything else a reader may want to filter on.
 RESULT_COLUMNS: tuple[str, ...] = (
-    "case_id", "model", "gpu_type", "gpu_name", "num_nodes", "gpus_per_node", "num_gpus", "method",
-    "free_lunch", "activation_checkpointing", "sharding", "offloading", "status", "feasible", "reason",
-    "micro_batch_size", "grad_acc_steps", "measured_grad_acc_steps", "step_time_s", "step_time_spread_s",
-    "training_days", "tokens_per_s", "samples_per_s", "tflops_per_gpu", "mfu", "peak_memory_gib",
-    "compile_s", "attention", "kernels", "gpu_count", "driver", "cuda", "torch", "transformers",
-    "accelerate", "deepspeed", "python", "code_version", "fingerprint", "created",
+    "case_id",
+    "model",
+    "gpu_type",
+    "gpu_name",
+    "num_nodes",
+    "gpus_per_node",
+    "num_gpus",
+    "method",
+    "free_lunch",
+    "activation_checkpointing",
+    "sharding",
+    "offloading",
+    "status",
+    "feasible",
+    "reason",
+    "micro_batch_size",
+    "grad_acc_steps",
+    "measured_grad_acc_steps",
+    "step_time_s",
+    "step_time_spread_s",
+    "training_days",
+    "tokens_per_s",
+    "samples_per_s",
+    "tflops_per_gpu",
+    "mfu",
+    "peak_memory_gib",
+    "compile_s",
+    "attention",
+    "kernels",
+    "gpu_count",
+    "driver",
+    "cuda",
+    "torch",
+    "transformers",
+    "accelerate",
+    "deepspeed",
+    "python",
+    "code_version",
+    "fingerprint",
+    "created",
 )
 ENVIRONMENT_KEYS: tuple[str, ...] = (
-    "gpu_name", "gpu_count", "driver", "cuda", "torch", "transformers", "accelerate", "deepspeed", "python",
+    "gpu_name",
+    "gpu_count",
+    "driver",
+    "cuda",
+    "torch",
+    "transformers",
+    "accelerate",
+    "deepspeed",
+    "python",
     "code_version",
 )
 
@@ -63,18 +105,41 @@ def days(result: Result) -> float:
 def result_row(result: Result) -> dict[str, Any]:
     case, method = result.case, result.case.method
     row: dict[str, Any] = {
-        "case_id": case.id, "model": case.model, "gpu_type": case.gpu_type, "num_nodes": case.num_nodes,
-        "gpus_per_node": case.gpus_per_node, "num_gpus": case.num_gpus, "method": method.slug,
-        "free_lunch": method.free_lunch, "activation_checkpointing": method.activation_checkpointing,
-        "sharding": method.sharding, "offloading": method.offloading, "status": result.status,
-        "feasible": result.feasible, "reason": result.reason,
+        "case_id": case.id,
+        "model": case.model,
+        "gpu_type": case.gpu_type,
+        "num_nodes": case.num_nodes,
+        "gpus_per_node": case.gpus_per_node,
+        "num_gpus": case.num_gpus,
+        "method": method.slug,
+        "free_lunch": method.free_lunch,
+        "activation_checkpointing": method.activation_checkpointing,
+        "sharding": method.sharding,
+        "offloading": method.offloading,
+        "status": result.status,
+        "feasible": result.feasible,
+        "reason": result.reason,
         "fingerprint": result.fingerprint,
         "created": datetime.datetime.fromtimestamp(result.created, datetime.UTC).isoformat(
-            timespec="seconds"),
+            timespec="seconds"
+        ),
     }
-    for name in ("micro_batch_size", "grad_acc_steps", "measured_grad_acc_steps", "step_time_s",
-                 "step_time_spread_s", "training_days", "tokens_per_s", "samples_per_s", "tflops_per_gpu",
-                 "mfu", "peak_memory_gib", "compile_s", "attention", "kernels"):
+    for name in (
+        "micro_batch_size",
+        "grad_acc_steps",
+        "measured_grad_acc_steps",
+        "step_time_s",
+        "step_time_spread_s",
+        "training_days",
+        "tokens_per_s",
+        "samples_per_s",
+        "tflops_per_gpu",
+        "mfu",
+        "peak_memory_gib",
+        "compile_s",
+        "attention",
+        "kernels",
+    ):
         row[name] = getattr(result, name)
     for key in ENVIRONMENT_KEYS:
         row[key] = environment_value(result, key)
@@ -95,8 +160,13 @@ def gpu_key(gpu_type: str) -> tuple[int, str]:
 
 def sort_key(result: Result) -> tuple:
     case = result.case
-    return (model_key(case.model), gpu_key(case.gpu_type), case.num_nodes, case.gpus_per_node,
-            method_rank(case.method))
+    return (
+        model_key(case.model),
+        gpu_key(case.gpu_type),
+        case.num_nodes,
+        case.gpus_per_node,
+        method_rank(case.method),
+    )
 
 
 def hardware_label(gpu_type: str, num_nodes: int, gpus_per_node: int) -> str:

@@ -136,9 +136,11 @@ def training_days_table(groups: list[Group], methods: str = "optimal") -> Table:
     notes: tuple[str, ...]
     if methods == "optimal":
         title = "Training days, best setting measured (paper's Table 1 in parentheses)"
-        notes = ("Each cell: the fewest days over the methods measured for that model and hardware.",
-                 "infeasible: every measured method ran out of memory (or could not split the batch); "
-                 f"error: no usable measurement; {PAPER_INFEASIBLE}: infeasible in the paper.")
+        notes = (
+            "Each cell: the fewest days over the methods measured for that model and hardware.",
+            "infeasible: every measured method ran out of memory (or could not split the batch); "
+            f"error: no usable measurement; {PAPER_INFEASIBLE}: infeasible in the paper.",
+        )
     else:
         title = "Training days, naive setting (paper's Table 4 in parentheses)"
         notes = ("Naive: no free-lunch and no memory-saving methods.",)
@@ -149,80 +151,152 @@ def training_days_table(groups: list[Group], methods: str = "optimal") -> Table:
 
 
 def best_settings_table(groups: list[Group]) -> Table:
-    columns = ["model", "hardware", "method", "free lunch", "checkpointing", "sharding", "offloading",
-               "micro-batch", "accumulation", "days", "MFU", "paper method", "paper micro-batch x acc.",
-               "paper days", "note"]
+    columns = [
+        "model",
+        "hardware",
+        "method",
+        "free lunch",
+        "checkpointing",
+        "sharding",
+        "offloading",
+        "micro-batch",
+        "accumulation",
+        "days",
+        "MFU",
+        "paper method",
+        "paper micro-batch x acc.",
+        "paper days",
+        "note",
+    ]
     rows = []
     for group in groups:
-        row = {"model": group.model, "hardware": group.label,
-               "paper days": fmt_paper(group.paper_days("optimal"))}
+        row = {
+            "model": group.model,
+            "hardware": group.label,
+            "paper days": fmt_paper(group.paper_days("optimal")),
+        }
         best = group.best
         if best is None:
             row |= {"method": group.status, "note": group_reason(group)}
         else:
             method = best.case.method
-            row |= {"method": method.slug, "free lunch": _yes(method.free_lunch),
-                    "checkpointing": _yes(method.activation_checkpointing), "sharding": method.sharding,
-                    "offloading": _yes(method.offloading), "micro-batch": str(best.micro_batch_size),
-                    "accumulation": str(best.grad_acc_steps), "days": fmt_days(best.training_days),
-                    "MFU": fmt_mfu(best.mfu),
-                    "note": f"{len(group.feasible)} of {len(group.results)} methods ran"}
+            row |= {
+                "method": method.slug,
+                "free lunch": _yes(method.free_lunch),
+                "checkpointing": _yes(method.activation_checkpointing),
+                "sharding": method.sharding,
+                "offloading": _yes(method.offloading),
+                "micro-batch": str(best.micro_batch_size),
+                "accumulation": str(best.grad_acc_steps),
+                "days": fmt_days(best.training_days),
+                "MFU": fmt_mfu(best.mfu),
+                "note": f"{len(group.feasible)} of {len(group.results)} methods ran",
+            }
         config = group.paper_config
         if config is not None:
-            row |= {"paper method": config.method.slug,
-                    "paper micro-batch x acc.": f"{config.micro_batch_size} x {config.grad_acc_steps}"}
+            row |= {
+                "paper method": config.method.slug,
+                "paper micro-batch x acc.": f"{config.micro_batch_size} x {config.grad_acc_steps}",
+            }
         rows.append(row)
-    return Table(title="Best setting per model and hardware (paper's Appendix J beside it)",
-                 frame=_frame(rows, columns))
+    return Table(
+        title="Best setting per model and hardware (paper's Appendix J beside it)",
+        frame=_frame(rows, columns),
+    )
 
 
 def speedup_table(groups: list[Group]) -> Table:
     """Naive vs best, ours and the paper's, for every group where naive was measured."""
-    columns = ["model", "hardware", "naive days", "best days", "best method", "speedup",
-               "paper naive", "paper best", "paper speedup"]
+    columns = [
+        "model",
+        "hardware",
+        "naive days",
+        "best days",
+        "best method",
+        "speedup",
+        "paper naive",
+        "paper best",
+        "paper speedup",
+    ]
     rows = []
     for group in groups:
         if group.naive is None:
             continue
         best = group.best
         paper_naive, paper_best = group.paper_days("naive"), group.paper_days("optimal")
-        paper_ratio = (paper_naive / paper_best if paper_naive is not None and paper_best is not None
-                       and not math.isnan(paper_naive) and not math.isnan(paper_best) else None)
-        rows.append({
-            "model": group.model, "hardware": group.label, "naive days": outcome(group.naive),
-            "best days": group_outcome(group), "best method": best.case.method.slug if best else "",
-            "speedup": fmt_ratio(naive_speedup(group)), "paper naive": fmt_paper(paper_naive),
-            "paper best": fmt_paper(paper_best), "paper speedup": fmt_ratio(paper_ratio),
-        })
-    return Table(title="Naive vs best: speedup (naive days / best days)", frame=_frame(rows, columns),
-                 notes=("Above 1: the best setting trains faster than the naive one.",))
+        paper_ratio = (
+            paper_naive / paper_best
+            if paper_naive is not None
+            and paper_best is not None
+            and not math.isnan(paper_naive)
+            and not math.isnan(paper_best)
+            else None
+        )
+        rows.append(
+            {
+                "model": group.model,
+                "hardware": group.label,
+                "naive days": outcome(group.naive),
+                "best days": group_outcome(group),
+                "best method": best.case.method.slug if best else "",
+                "speedup": fmt_ratio(naive_speedup(group)),
+                "paper naive": fmt_paper(paper_naive),
+                "paper best": fmt_paper(paper_best),
+                "paper speedup": fmt_ratio(paper_ratio),
+            }
+        )
+    return Table(
+        title="Naive vs best: speedup (naive days / best days)",
+        frame=_frame(rows, columns),
+        notes=("Above 1: the best setting trains faster than the naive one.",),
+    )
 
 
 def memory_saving_table(groups: list[Group]) -> Table:
     """The paper's Fig. 4/5 in numbers: memory-saving options against free lunch alone."""
-    columns = ["model", "hardware", "free-lunch days", "options ran", "best days", "best method",
-               "best speedup", "median days", "median speedup", "worst days", "worst method", "worst speedup"]
+    columns = [
+        "model",
+        "hardware",
+        "free-lunch days",
+        "options ran",
+        "best days",
+        "best method",
+        "best speedup",
+        "median days",
+        "median speedup",
+        "worst days",
+        "worst method",
+        "worst speedup",
+    ]
     rows = []
     for group in groups:
         stats = memory_saving_stats(group)
         if not stats.tried:
             continue
-        row = {"model": group.model, "hardware": group.label, "free-lunch days": outcome(group.free_lunch),
-               "options ran": f"{stats.feasible} of {stats.tried}",
-               "median days": fmt_days(stats.median_days),
-               "median speedup": fmt_ratio(stats.speedup(stats.median_days))}
+        row = {
+            "model": group.model,
+            "hardware": group.label,
+            "free-lunch days": outcome(group.free_lunch),
+            "options ran": f"{stats.feasible} of {stats.tried}",
+            "median days": fmt_days(stats.median_days),
+            "median speedup": fmt_ratio(stats.speedup(stats.median_days)),
+        }
         for name, result in (("best", stats.best), ("worst", stats.worst)):
             if result is not None:
-                row |= {f"{name} days": fmt_days(result.training_days),
-                        f"{name} method": result.case.method.slug,
-                        f"{name} speedup": fmt_ratio(stats.speedup(result.training_days))}
+                row |= {
+                    f"{name} days": fmt_days(result.training_days),
+                    f"{name} method": result.case.method.slug,
+                    f"{name} speedup": fmt_ratio(stats.speedup(result.training_days)),
+                }
         rows.append(row)
     return Table(
         title="Memory-saving options vs free lunch alone",
         frame=_frame(rows, columns),
-        notes=("Memory-saving: free lunch plus activation checkpointing and/or sharding (with or without "
-               "offloading). Speedup = free-lunch days / option days: above 1 is faster, below 1 slower; "
-               "empty where free lunch alone is infeasible or was not run.",),
+        notes=(
+            "Memory-saving: free lunch plus activation checkpointing and/or sharding (with or without "
+            "offloading). Speedup = free-lunch days / option days: above 1 is faster, below 1 slower; "
+            "empty where free lunch alone is infeasible or was not run.",
+        ),
     )
 
 
@@ -240,8 +314,11 @@ def feasibility_table(groups: list[Group]) -> Table:
             row[result.case.method.slug] = text
         rows.append(row)
     frame = _frame(rows, ["model", "hardware", *slugs])
-    return Table(title="Feasibility: days per method, or why a method did not run", frame=frame,
-                 notes=("Empty: not run.",))
+    return Table(
+        title="Feasibility: days per method, or why a method did not run",
+        frame=frame,
+        notes=("Empty: not run.",),
+    )
 
 
 def _yes(flag: bool) -> str:
@@ -278,6 +355,8 @@ def text_table(frame: pd.DataFrame) -> list[str]:
     header = [str(c) for c in frame.columns]
     body = [[str(v) for v in row] for row in frame.itertuples(index=False)]
     widths = [max(len(cells[i]) for cells in [header, *body]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip()
-             for cells in [header, *body]]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip()
+        for cells in [header, *body]
+    ]
     return [lines[0], "  ".join("-" * w for w in widths), *lines[1:]]

@@ -32,8 +32,20 @@ EXPECTED_RECIPES = {
     "pythia-2.8b": (*PYTHIA, "fp16", *PYTHIA_OPT, 1.6e-4, *PYTHIA_REST),
     "pythia-6.9b": (*PYTHIA, "fp16", *PYTHIA_OPT, 1.2e-4, *PYTHIA_REST),
     "roberta": (8192, 500_000, "fp16", "adam", 4e-4, (0.9, 0.98), 1e-6, 0.01, 30_000, 0.0, "linear", {}),
-    "mamba": (128, 572_204, "bf16", "adamw", 8e-4, (0.9, 0.95), 1e-8, 0.1, 57_220, 1.0,
-              "cosine_with_min_lr", {"min_lr": 1e-5}),
+    "mamba": (
+        128,
+        572_204,
+        "bf16",
+        "adamw",
+        8e-4,
+        (0.9, 0.95),
+        1e-8,
+        0.1,
+        57_220,
+        1.0,
+        "cosine_with_min_lr",
+        {"min_lr": 1e-5},
+    ),
     "convnext": (4096, 311_940, "fp32", "adamw", 4e-3, (0.9, 0.999), 1e-8, 0.05, 17_330, 0.0, "cosine", {}),
     "vit": (4096, 311_948, "fp32", "adam", 1e-3, (0.9, 0.999), 1e-8, 0.03, 10_000, 1.0, "linear", {}),
 }
@@ -76,8 +88,9 @@ def test_registry_holds_every_paper_model_pythia_size_and_a_tiny_model_per_famil
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_RECIPES))
 def test_recipe_matches_the_paper(name):
-    (batch, steps, precision, optimizer, lr, betas, eps, decay, warmup, clip, schedule,
-     schedule_kwargs) = EXPECTED_RECIPES[name]
+    (batch, steps, precision, optimizer, lr, betas, eps, decay, warmup, clip, schedule, schedule_kwargs) = (
+        EXPECTED_RECIPES[name]
+    )
     recipe = get_model(name).recipe
     assert (recipe.global_batch, recipe.training_steps, recipe.precision) == (batch, steps, precision)
     assert (recipe.optimizer, recipe.lr, recipe.betas, recipe.eps) == (optimizer, lr, betas, eps)
@@ -273,8 +286,21 @@ def test_roberta_loss_covers_only_the_selected_positions():
 # --- FLOPs formulas against torch's counter --------------------------------------------------------
 
 
-def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
-                        _output_padding, _groups, output_mask, out_shape=None, **kwargs) -> int:
+def _conv_backward_flop(
+    grad_out_shape,
+    x_shape,
+    w_shape,
+    _bias,
+    _stride,
+    _padding,
+    _dilation,
+    transposed,
+    _output_padding,
+    _groups,
+    output_mask,
+    out_shape=None,
+    **kwargs,
+) -> int:
     """torch's own conv backward formula ignores `groups` in the weight gradient, counting a depthwise
     conv's backward C times over (pytorch/pytorch#183405). Each gradient of a conv costs what its
     forward costs, which the forward formula (weights are (C_out, C_in / groups, k...)) gets right."""

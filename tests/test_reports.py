@@ -39,25 +39,51 @@ FSDP_GRAD_OP = Method(free_lunch=True, sharding="fsdp_grad_op")
 T0 = 1_790_000_000.0
 
 
-def make_result(model: str, gpu_type: str, gpus: int, method: Method, days: float | None = None,
-                micro_batch: int | None = None, *, status: str = "ok", reason: str = "",
-                created: float = T0) -> Result:
+def make_result(
+    model: str,
+    gpu_type: str,
+    gpus: int,
+    method: Method,
+    days: float | None = None,
+    micro_batch: int | None = None,
+    *,
+    status: str = "ok",
+    reason: str = "",
+    created: float = T0,
+) -> Result:
     case = Case(model=model, gpu_type=gpu_type, gpus_per_node=gpus, method=method)
-    environment = {"gpu_name": H100_NAME if gpu_type == "h100" else "cpu", "gpu_count": gpus,
-                   "driver": "560.35", "cuda": "12.6", "torch": "2.11.0", "transformers": "5.17.0",
-                   "deepspeed": "0.19.8", "code_version": "0.1.0-abc"}
+    environment = {
+        "gpu_name": H100_NAME if gpu_type == "h100" else "cpu",
+        "gpu_count": gpus,
+        "driver": "560.35",
+        "cuda": "12.6",
+        "torch": "2.11.0",
+        "transformers": "5.17.0",
+        "deepspeed": "0.19.8",
+        "code_version": "0.1.0-abc",
+    }
     if status != "ok":
         return Result(case=case, status=status, reason=reason, environment=environment, created=created)
     plan = make_plan(case, micro_batch)
     step = days * 86400 / 143_000
     return Result(
-        case=case, status="ok", micro_batch_size=micro_batch, grad_acc_steps=plan.grad_acc_steps,
-        measured_grad_acc_steps=min(plan.grad_acc_steps, 4), step_time_s=step, step_time_spread_s=step / 50,
-        training_days=days, tflops_per_gpu=300.0, mfu=0.3, peak_memory_gib=40.0,
-        timing={"step_samples_s": [step] * 5}, plan=plan.to_dict(), created=created,
+        case=case,
+        status="ok",
+        micro_batch_size=micro_batch,
+        grad_acc_steps=plan.grad_acc_steps,
+        measured_grad_acc_steps=min(plan.grad_acc_steps, 4),
+        step_time_s=step,
+        step_time_spread_s=step / 50,
+        training_days=days,
+        tflops_per_gpu=300.0,
+        mfu=0.3,
+        peak_memory_gib=40.0,
+        timing={"step_samples_s": [step] * 5},
+        plan=plan.to_dict(),
+        created=created,
         # The worker saw the GPU through CUDA: its name wins over the controller's in results.csv.
-        environment=environment | {"worker": {"gpu_name": environment["gpu_name"] + " (worker)",
-                                              "torch": "2.11.0+cu126"}},
+        environment=environment
+        | {"worker": {"gpu_name": environment["gpu_name"] + " (worker)", "torch": "2.11.0+cu126"}},
     )
 
 
@@ -138,17 +164,29 @@ def test_training_days_matrix_has_our_best_and_the_papers_figure(report):
     rows = table(report["training_days"], "Training days, best")
     assert [r["model"] for r in rows] == ["pythia-160m", "pythia-1b", "pythia-14m"]
     assert list(rows[0]) == ["model", "h100 x1", "h100 x2", "cpu x2"]
-    assert rows[0] == {"model": "pythia-160m", "h100 x1": "10.0 (paper 7)", "h100 x2": "4.00 (paper 4)",
-                       "cpu x2": "not run"}
-    assert rows[1] == {"model": "pythia-1b", "h100 x1": "40.0 (paper 34)", "h100 x2": "infeasible (paper 16)",
-                       "cpu x2": "not run"}
+    assert rows[0] == {
+        "model": "pythia-160m",
+        "h100 x1": "10.0 (paper 7)",
+        "h100 x2": "4.00 (paper 4)",
+        "cpu x2": "not run",
+    }
+    assert rows[1] == {
+        "model": "pythia-1b",
+        "h100 x1": "40.0 (paper 34)",
+        "h100 x2": "infeasible (paper 16)",
+        "cpu x2": "not run",
+    }
     assert rows[2] == {"model": "pythia-14m", "h100 x1": "not run", "h100 x2": "not run", "cpu x2": "0.04"}
 
 
 def test_naive_matrix_against_the_papers_table_4(report):
     rows = table(report["training_days"], "Training days, naive")
-    assert row_of(rows, model="pythia-160m") == {"model": "pythia-160m", "h100 x1": "14.0 (paper 42)",
-                                                 "h100 x2": "8.00 (paper 21)", "cpu x2": "not run"}
+    assert row_of(rows, model="pythia-160m") == {
+        "model": "pythia-160m",
+        "h100 x1": "14.0 (paper 42)",
+        "h100 x2": "8.00 (paper 21)",
+        "cpu x2": "not run",
+    }
     assert row_of(rows, model="pythia-1b")["h100 x1"] == "infeasible (paper 90)"
 
 
@@ -156,9 +194,17 @@ def test_best_settings_with_the_papers_config_beside(report):
     rows = table(report["optimal_configs"], "Best setting")
     zero1 = row_of(rows, model="pythia-160m", hardware="h100 x2")
     assert [zero1[k] for k in ("method", "sharding", "micro-batch", "accumulation", "days")] == [
-        "zero1", "zero1", "32", "16", "4.00"]
+        "zero1",
+        "zero1",
+        "32",
+        "16",
+        "4.00",
+    ]
     assert (zero1["paper method"], zero1["paper micro-batch x acc."], zero1["paper days"]) == (
-        "free-lunch", "32 x 16", "4")
+        "free-lunch",
+        "32 x 16",
+        "4",
+    )
     ckpt = row_of(rows, model="pythia-1b", hardware="h100 x1")
     assert [ckpt[k] for k in ("method", "checkpointing", "days", "MFU")] == ["ckpt", "yes", "40.0", "30.0%"]
     assert ckpt["note"] == "1 of 4 methods ran"
@@ -170,7 +216,11 @@ def test_naive_vs_best_speedups(report):
     rows = table(report["optimal_configs"], "Naive vs best")
     one = row_of(rows, model="pythia-160m", hardware="h100 x1")
     assert (one["naive days"], one["best days"], one["speedup"], one["paper speedup"]) == (
-        "14.0", "10.0", "1.40x", "6.00x")
+        "14.0",
+        "10.0",
+        "1.40x",
+        "6.00x",
+    )
     assert row_of(rows, model="pythia-160m", hardware="h100 x2")["speedup"] == "2.00x"
     big = row_of(rows, model="pythia-1b", hardware="h100 x1")
     assert (big["naive days"], big["best days"], big["speedup"]) == ("infeasible", "40.0", "")
@@ -181,18 +231,34 @@ def test_memory_saving_best_median_worst_relative_to_free_lunch(report):
     rows = table(report["optimal_configs"], "Memory-saving")
     one = row_of(rows, model="pythia-160m", hardware="h100 x1")
     assert one == {
-        "model": "pythia-160m", "hardware": "h100 x1", "free-lunch days": "10.0", "options ran": "2 of 2",
-        "best days": "12.0", "best method": "ckpt", "best speedup": "0.83x",
-        "median days": "18.5", "median speedup": "0.54x",
-        "worst days": "25.0", "worst method": "zero2-offload", "worst speedup": "0.40x",
+        "model": "pythia-160m",
+        "hardware": "h100 x1",
+        "free-lunch days": "10.0",
+        "options ran": "2 of 2",
+        "best days": "12.0",
+        "best method": "ckpt",
+        "best speedup": "0.83x",
+        "median days": "18.5",
+        "median speedup": "0.54x",
+        "worst days": "25.0",
+        "worst method": "zero2-offload",
+        "worst speedup": "0.40x",
     }
     two = row_of(rows, model="pythia-160m", hardware="h100 x2")
     assert (two["best speedup"], two["median days"], two["median speedup"], two["worst speedup"]) == (
-        "1.25x", "5.00", "1.00x", "0.83x")
+        "1.25x",
+        "5.00",
+        "1.00x",
+        "0.83x",
+    )
     # Free lunch alone is infeasible there: days, but no speedup against it.
     big = row_of(rows, model="pythia-1b", hardware="h100 x1")
     assert (big["free-lunch days"], big["options ran"], big["best days"], big["best speedup"]) == (
-        "infeasible", "1 of 2", "40.0", "")
+        "infeasible",
+        "1 of 2",
+        "40.0",
+        "",
+    )
 
 
 def test_feasibility_matrix_gives_days_or_the_reason(report):
@@ -208,36 +274,77 @@ def test_feasibility_matrix_gives_days_or_the_reason(report):
 def test_results_csv_has_every_case_once_with_the_workers_view(report):
     with report["results_csv"].open(newline="") as f:
         rows = list(csv.DictReader(f))
-    required = ["case_id", "model", "gpu_type", "gpu_name", "num_nodes", "gpus_per_node", "method",
-                "free_lunch", "activation_checkpointing", "sharding", "offloading", "feasible", "reason",
-                "micro_batch_size", "grad_acc_steps", "step_time_s", "step_time_spread_s", "training_days",
-                "tflops_per_gpu", "mfu", "peak_memory_gib", "compile_s", "torch", "transformers", "deepspeed"]
+    required = [
+        "case_id",
+        "model",
+        "gpu_type",
+        "gpu_name",
+        "num_nodes",
+        "gpus_per_node",
+        "method",
+        "free_lunch",
+        "activation_checkpointing",
+        "sharding",
+        "offloading",
+        "feasible",
+        "reason",
+        "micro_batch_size",
+        "grad_acc_steps",
+        "step_time_s",
+        "step_time_spread_s",
+        "training_days",
+        "tflops_per_gpu",
+        "mfu",
+        "peak_memory_gib",
+        "compile_s",
+        "torch",
+        "transformers",
+        "deepspeed",
+    ]
     assert set(required) <= set(rows[0])
     assert len(rows) == len(fixture_results()) == len({r["case_id"] for r in rows})
     newest = row_of(rows, case_id="pythia-160m-h100x1-free-lunch")
     assert (newest["training_days"], newest["micro_batch_size"], newest["gpu_name"], newest["torch"]) == (
-        "10.0", "32", f"{H100_NAME} (worker)", "2.11.0+cu126")
+        "10.0",
+        "32",
+        f"{H100_NAME} (worker)",
+        "2.11.0+cu126",
+    )
     oom = row_of(rows, case_id="pythia-1b-h100x1-naive")
     assert (oom["feasible"], oom["status"], oom["reason"], oom["micro_batch_size"], oom["torch"]) == (
-        "False", "infeasible", OOM, "", "2.11.0")
+        "False",
+        "infeasible",
+        OOM,
+        "",
+        "2.11.0",
+    )
 
 
 def test_best_folders_hold_the_exact_plan_and_its_configs(report):
     best = report["best"]
     assert sorted(p.name for p in best.iterdir()) == [
-        "pythia-14m-cpux2-fsdp-grad-op", "pythia-160m-h100x1-free-lunch", "pythia-160m-h100x2-zero1",
-        "pythia-1b-h100x1-ckpt"]
+        "pythia-14m-cpux2-fsdp-grad-op",
+        "pythia-160m-h100x1-free-lunch",
+        "pythia-160m-h100x2-zero1",
+        "pythia-1b-h100x1-ckpt",
+    ]
     folder = best / "pythia-160m-h100x2-zero1"
     assert sorted(p.name for p in folder.iterdir()) == [
-        "command.sh", "deepspeed.json", "plan.json", "training_args.json"]
+        "command.sh",
+        "deepspeed.json",
+        "plan.json",
+        "training_args.json",
+    ]
     plan = make_plan(Case(model="pythia-160m", gpu_type="h100", gpus_per_node=2, method=ZERO1), 32)
     assert (folder / "plan.json").read_text() == plan.to_json() + "\n"  # byte for byte
     assert json.loads((folder / "deepspeed.json").read_text()) == plan.deepspeed
     args = json.loads((folder / "training_args.json").read_text())
     assert args == plan.training_args | {"deepspeed": "deepspeed.json"}
     command = (folder / "command.sh").read_text()
-    assert ("python -m harness.train --config best/pythia-160m-h100x2-zero1 --max-steps 143000"
-            in command.splitlines()[-1])
+    assert (
+        "python -m harness.train --config best/pythia-160m-h100x2-zero1 --max-steps 143000"
+        in command.splitlines()[-1]
+    )
     assert os.access(folder / "command.sh", os.X_OK)
 
     fsdp = best / "pythia-14m-cpux2-fsdp-grad-op"
@@ -251,8 +358,12 @@ def test_best_folders_hold_the_exact_plan_and_its_configs(report):
 def test_costs_follow_the_papers_formula_and_leave_unpriced_types_empty(report):
     with report["costs_csv"].open(newline="") as f:
         rows = {r["case_id"]: r for r in csv.DictReader(f)}
-    assert set(rows) == {"pythia-160m-h100x1-free-lunch", "pythia-160m-h100x2-zero1", "pythia-1b-h100x1-ckpt",
-                         "pythia-14m-cpux2-fsdp-grad-op"}
+    assert set(rows) == {
+        "pythia-160m-h100x1-free-lunch",
+        "pythia-160m-h100x2-zero1",
+        "pythia-1b-h100x1-ckpt",
+        "pythia-14m-cpux2-fsdp-grad-op",
+    }
     two = rows["pythia-160m-h100x2-zero1"]
     assert float(two["hardware_cost_usd"]) == 2 * 30_000 + 1_500
     assert float(two["cost_per_experiment_usd"]) == pytest.approx(61_500 * 4.0 / 1825)
@@ -271,8 +382,14 @@ def test_plots_are_written_and_the_page_is_self_contained(report):
     page = report["index"].read_text()
     assert page.count('src="data:image/png;base64,') == 3
     assert "http://" not in page and "https://" not in page and "<link" not in page and "<script" not in page
-    for title in ("Training days, best setting", "Best setting per model", "Memory-saving options",
-                  "Feasibility", "Cost per model", "results.csv"):
+    for title in (
+        "Training days, best setting",
+        "Best setting per model",
+        "Memory-saving options",
+        "Feasibility",
+        "Cost per model",
+        "results.csv",
+    ):
         assert title in page
     assert "infeasible (paper 16)" in page
     assert "python -m harness.train --config best/pythia-1b-h100x1-ckpt" in page
@@ -298,7 +415,10 @@ def test_paper_sharding_names_map_to_ours():
     assert len(configs) == 140  # every Appendix-J row parses into a valid Method
     config = configs[("pythia-6.9b", "rtx3090", 2)]
     assert (config.method.slug, config.micro_batch_size, config.grad_acc_steps) == (
-        "fsdp-full-offload", 1, 512)
+        "fsdp-full-offload",
+        1,
+        512,
+    )
     assert math.isnan(paper.paper_days("pythia-6.9b", "h100", 1, 1, "optimal"))  # the paper's "—"
     assert paper.paper_days("pythia-1b", "h100", 2, 4, "optimal") is None  # the paper ran one node
 
@@ -310,15 +430,25 @@ def test_cli_regenerates_the_report_from_the_store(store_dir, report, tmp_path):
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     # The same store gives the same report, file for file (the page differs only in its time stamp).
-    for name, key in (("training_days.md", "training_days"), ("optimal_configs.md", "optimal_configs"),
-                      ("costs.md", "costs"), ("results.csv", "results_csv"), ("costs.csv", "costs_csv")):
+    for name, key in (
+        ("training_days.md", "training_days"),
+        ("optimal_configs.md", "optimal_configs"),
+        ("costs.md", "costs"),
+        ("results.csv", "results_csv"),
+        ("costs.csv", "costs_csv"),
+    ):
         assert (out / name).read_text() == report[key].read_text(), name
     assert (out / "best" / "pythia-160m-h100x2-zero1" / "deepspeed.json").is_file()
     assert "pythia-160m  h100 x2   zero1" in done.stdout
 
-    empty = subprocess.run([sys.executable, "-m", "reports", "--results-dir", str(tmp_path), "--out",
-                            str(tmp_path / "none")], cwd=tmp_path, env=env, capture_output=True, text=True,
-                           timeout=120)
+    empty = subprocess.run(
+        [sys.executable, "-m", "reports", "--results-dir", str(tmp_path), "--out", str(tmp_path / "none")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert empty.returncode == 1 and "nothing to report" in empty.stderr
     assert not (tmp_path / "none").exists()
 
@@ -332,9 +462,21 @@ def test_the_page_renders_in_a_headless_browser(report, tmp_path):
     from matplotlib.image import imread
 
     shot = tmp_path / "page.png"
-    done = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                           f"--screenshot={shot}", "--window-size=1280,2000", report["index"].as_uri()],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--screenshot={shot}",
+            "--window-size=1280,2000",
+            report["index"].as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0 and shot.is_file(), done.stderr[-2000:]
     pixels = imread(shot)
     assert pixels.shape[0] >= 1000 and pixels.shape[1] >= 1000

@@ -48,7 +48,8 @@ def test_costs_grow_with_the_gpu_price(p1, p2, base, count, d):
     low, high = sorted((p1, p2))
     assert hardware_cost(low, count, base) <= hardware_cost(high, count, base)
     assert cost_per_experiment(hardware_cost(low, count, base), d) <= cost_per_experiment(
-        hardware_cost(high, count, base), d)
+        hardware_cost(high, count, base), d
+    )
 
 
 @given(price=prices, b1=prices, b2=prices, c1=counts, c2=counts, nodes=st.integers(1, 4))

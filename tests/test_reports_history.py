@@ -15,14 +15,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = [0.5, 0.25, 0.75, 1.0, 0.125]
 EXTRA = {"case_id": "pythia-14m-cpux1-free-lunch", "micro_batch_size": 8, "training_days": 0.25}
 
-TEST_MODULE = f'''
+TEST_MODULE = f"""
 from reports.history import record_samples
 
 
 def test_step_time(benchmark):
     stats = record_samples(benchmark, {SAMPLES!r}, {EXTRA!r})
     assert stats is not None, "benchmarking is on: the samples must be recorded"
-'''
+"""
 
 
 def saved_runs(storage: Path) -> list[dict]:
@@ -38,8 +38,16 @@ def test_samples_are_saved_exactly_and_compare_across_runs(pytester: pytest.Pyte
         monkeypatch.delenv(name, raising=False)
     pytester.makepyfile(test_history=TEST_MODULE)
     storage = tmp_path / "benchmarks"
-    common = ["-p", "reports.plugin", "-p", "no:cacheprovider", "--no-report", "--benchmark-autosave",
-              "--benchmark-save-data", f"--benchmark-storage=file://{storage}"]
+    common = [
+        "-p",
+        "reports.plugin",
+        "-p",
+        "no:cacheprovider",
+        "--no-report",
+        "--benchmark-autosave",
+        "--benchmark-save-data",
+        f"--benchmark-storage=file://{storage}",
+    ]
 
     first = pytester.runpytest_subprocess(*common, timeout=120)
     first.assert_outcomes(passed=1)

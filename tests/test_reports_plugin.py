@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Six measured cases (one skipped as infeasible after recording, one failing after recording), and one
 # predicted infeasible at collection, whose row travels on the setup report as bench/conftest.py does.
-TEST_MODULE = '''
+TEST_MODULE = """
 import pytest
 from harness.cases import Case
 from harness.methods import FREE_LUNCH, NAIVE
@@ -49,9 +49,9 @@ PREDICTED = Case(model="tiny-mamba", gpu_type="cpu", gpus_per_node=1, method=NAI
 @pytest.mark.skip(reason="predicted: needs more memory than the host has")
 def test_predicted():
     pass
-'''
+"""
 
-CONFTEST = '''
+CONFTEST = """
 from harness.result import Result
 
 
@@ -63,11 +63,15 @@ def pytest_collection_modifyitems(config, items):
         if skip is not None:
             row = Result(case=PREDICTED, status="infeasible", reason=skip.kwargs["reason"])
             item.user_properties.append(("pretrain_bench_result", row.to_dict()))
-'''
+"""
 
 EXPECTED = {
-    "pythia-14m-cpux1-naive", "pythia-14m-cpux1-free-lunch", "tiny-vit-cpux1-naive",
-    "tiny-vit-cpux1-free-lunch", "tiny-roberta-cpux1-naive", "tiny-roberta-cpux1-free-lunch",
+    "pythia-14m-cpux1-naive",
+    "pythia-14m-cpux1-free-lunch",
+    "tiny-vit-cpux1-naive",
+    "tiny-vit-cpux1-free-lunch",
+    "tiny-roberta-cpux1-naive",
+    "tiny-roberta-cpux1-free-lunch",
     "tiny-mamba-cpux1-naive",
 }
 
@@ -82,8 +86,17 @@ def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytes
 
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     return pytester.runpytest_subprocess(
-        "-p", "reports.plugin", "-p", "no:cacheprovider", "--report-dir", str(pytester.path / "report"),
-        "--results-dir", str(pytester.path / "results"), *args, timeout=120)
+        "-p",
+        "reports.plugin",
+        "-p",
+        "no:cacheprovider",
+        "--report-dir",
+        str(pytester.path / "report"),
+        "--results-dir",
+        str(pytester.path / "results"),
+        *args,
+        timeout=120,
+    )
 
 
 def report_rows(pytester: pytest.Pytester) -> list[dict[str, str]]:
@@ -104,18 +117,33 @@ def test_each_row_is_written_once(project, xdist):
     assert by_id["tiny-mamba-cpux1-naive"]["reason"] == "predicted: needs more memory than the host has"
     assert by_id["tiny-roberta-cpux1-naive"]["reason"] == "OOM at micro-batch 1"
     assert by_id["tiny-vit-cpux1-free-lunch"]["training_days"] == "0.25"  # recorded, then failed
-    result.stdout.fnmatch_lines(["*pretrain-bench report*", "*pythia-14m*cpu x1*free-lunch*8 x 1*0.25*",
-                                 "report: *report*", "page: *index.html"])
+    result.stdout.fnmatch_lines(
+        [
+            "*pretrain-bench report*",
+            "*pythia-14m*cpu x1*free-lunch*8 x 1*0.25*",
+            "report: *report*",
+            "page: *index.html",
+        ]
+    )
     run_dir = next((project.path / "report").iterdir())
     assert (run_dir / "best" / "pythia-14m-cpux1-free-lunch" / "plan.json").is_file()
 
 
 def test_stored_results_are_merged_and_this_sessions_rows_win(project):
     store = ResultStore(project.path / "results")
-    stale = Result(case=Case(model="pythia-14m", gpu_type="cpu", gpus_per_node=1, method=NAIVE), status="ok",
-                   micro_batch_size=4, grad_acc_steps=2, training_days=9.0, created=1.0)
-    other = Result(case=Case(model="tiny-convnext", gpu_type="cpu", gpus_per_node=1, method=FREE_LUNCH),
-                   status="infeasible", reason="from an earlier session")
+    stale = Result(
+        case=Case(model="pythia-14m", gpu_type="cpu", gpus_per_node=1, method=NAIVE),
+        status="ok",
+        micro_batch_size=4,
+        grad_acc_steps=2,
+        training_days=9.0,
+        created=1.0,
+    )
+    other = Result(
+        case=Case(model="tiny-convnext", gpu_type="cpu", gpus_per_node=1, method=FREE_LUNCH),
+        status="infeasible",
+        reason="from an earlier session",
+    )
     store.append(stale)
     store.append(other)
     run(project).assert_outcomes(passed=4, failed=1, skipped=2)
