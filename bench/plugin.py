@@ -107,6 +107,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption("--job-timeout", type=float, default=1800.0, help="seconds before a job is killed")
     group.addoption(
+        "--validate",
+        action="store_true",
+        help="after timing a case, train it at the full accumulation and compare (validation.csv)",
+    )
+    group.addoption("--validation-steps", type=int, default=20, help="timed optimizer steps of a validation")
+    group.addoption(
+        "--parity",
+        action="store_true",
+        help="compare each free-lunch case's losses with naive eager on the same batches (parity.csv)",
+    )
+    group.addoption("--parity-steps", type=int, default=5, help="optimizer steps of a loss-parity run")
+    group.addoption(
         "--jobs-dir",
         type=Path,
         default=Path("runs") / "jobs",

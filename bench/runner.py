@@ -57,6 +57,16 @@ class Runner:
             options=options,
         )
 
+    def validate(self, result: Result, steps: int) -> dict:
+        from harness.checks import validate
+
+        return validate(result, store=self.store, options=self.options, steps=steps)
+
+    def parity(self, case: Case, steps: int) -> dict:
+        from harness.checks import loss_parity
+
+        return loss_parity(case, store=self.store, options=self.options, steps=steps)
+
     def measure(self, case: Case) -> Result:
         progress = self.options.progress
         if progress is not None:

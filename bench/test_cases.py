@@ -1,4 +1,4 @@
-"""One test per benchmark case: measure through the engine, record, judge."""
+"""One test per benchmark case: measure through the engine, record, judge; optionally check it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from harness.cases import Case
 
 
-def test_case(case: Case, engine, record_property, benchmark) -> None:
+def test_case(case: Case, engine, record_property, benchmark, request) -> None:
     from reports.history import record_samples
 
     result = engine.measure(case)
@@ -33,3 +33,17 @@ def test_case(case: Case, engine, record_property, benchmark) -> None:
             "mfu": result.mfu,
         },
     )
+    config = request.config
+    if config.getoption("validate"):
+        # The prediction error is reported (validation.csv), not asserted: it is a performance figure.
+        record_property(
+            "pretrain_bench_validation", engine.validate(result, config.getoption("validation_steps"))
+        )
+    if config.getoption("parity") and case.method.free_lunch:
+        parity = engine.parity(case, config.getoption("parity_steps"))
+        record_property("pretrain_bench_parity", parity)
+        if "skipped_reason" not in parity:
+            assert parity["passed"], (
+                f"losses differ from naive eager by {parity['max_rel_diff']:.2e} "
+                f"(tolerance {parity['tolerance']:.0e} for {parity['precision']})"
+            )

@@ -36,15 +36,39 @@ class ResultStore:
         tmp.replace(path)
         return path
 
-    def records(self) -> list[dict[str, Any]]:
-        """Every readable record (oldest first); unreadable ones are warned about and skipped."""
+    def append_check(self, kind: str, record: dict[str, Any]) -> Path:
+        """Store a check of a result (kind "validation" or "parity") under `_<kind>/`, atomically."""
+        folder = self.root / f"_{kind}"
+        folder.mkdir(parents=True, exist_ok=True)
+        created = record.setdefault("created", time.time())
+        path = folder / f"{record['case_id']}-{created:.6f}.json"
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
+        tmp.replace(path)
+        return path
+
+    def checks(self, kind: str) -> list[dict[str, Any]]:
+        """The newest check of each case of this kind."""
+        newest: dict[str, dict[str, Any]] = {}
+        for record in self._read(sorted((self.root / f"_{kind}").glob("*.json"))):
+            if record["created"] >= newest.get(record["case_id"], {}).get("created", 0.0):
+                newest[record["case_id"]] = record
+        return sorted(newest.values(), key=lambda r: r["case_id"])
+
+    def _read(self, paths: list[Path]) -> list[dict[str, Any]]:
         out = []
-        for path in sorted(self.root.glob("*/*.json")):
+        for path in paths:
             try:
                 out.append(json.loads(path.read_text()))
             except (json.JSONDecodeError, UnicodeDecodeError) as error:
-                warnings.warn(f"skipping corrupt result {path}: {error}", stacklevel=2)
-        return sorted(out, key=lambda r: r.get("created", 0.0))
+                warnings.warn(f"skipping corrupt record {path}: {error}", stacklevel=3)
+        return out
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every readable result (oldest first); unreadable ones are warned about and skipped."""
+        # Folders starting with "_" hold checks of results (validation, parity), not results.
+        paths = sorted(p for p in self.root.glob("*/*.json") if not p.parent.name.startswith("_"))
+        return sorted(self._read(paths), key=lambda r: r.get("created", 0.0))
 
     def results(self) -> list[Result]:
         return [Result.from_dict(r) for r in self.records()]

@@ -28,7 +28,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from harness import faults, oom
 from harness.env import runtime_environment
-from harness.timing import StepRecorder, summarize
+from harness.timing import Clock, StepRecorder, barrier, summarize
 
 OOM_EXIT = 75  # EX_TEMPFAIL: the launcher reads the OOM event rather than the exit code
 POOL_SIZE = 64  # distinct random samples cycled by the dataset: real data, no per-step generation cost
@@ -285,6 +285,39 @@ def run_train(job: dict[str, Any], out: Path, rank: int) -> dict[str, Any]:
     }
 
 
+class WindowTimer(TrainerCallback):
+    """Times `steps` optimizer steps after `warmup` with one synchronization at each end of the window:
+    steady-state throughput with the host free to run ahead of the device, as in real training."""
+
+    def __init__(self, warmup: int, steps: int):
+        self.warmup, self.steps = warmup, steps
+        self.start = self.end = 0.0
+        self.clock = Clock(_device())
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step in (self.warmup, self.warmup + self.steps):
+            self.clock.synchronize()
+            barrier()
+            now = time.perf_counter()
+            if state.global_step == self.warmup:
+                self.start = now
+            else:
+                self.end = now
+
+
+def run_validation(job: dict[str, Any], out: Path, rank: int) -> dict[str, Any]:
+    timer = WindowTimer(job["warmup_steps"], job["timed_steps"])
+    trainer = build_trainer(job, recorder=None, ramp=None, extra_callbacks=[timer])
+    trainer.train()
+    return {
+        "mode": "validate",
+        "window_step_s": (timer.end - timer.start) / timer.steps,
+        "timed_steps": timer.steps,
+        "warmup_steps": timer.warmup,
+        "grad_acc_steps": trainer.args.gradient_accumulation_steps,
+    }
+
+
 def _max_over_ranks(value: float) -> float:
     if not (dist.is_available() and dist.is_initialized()):
         return value
@@ -308,7 +341,7 @@ def _exit_now(code: int) -> None:
     os._exit(code)
 
 
-MODES = {"probe": run_probe, "time": run_timing, "train": run_train}
+MODES = {"probe": run_probe, "time": run_timing, "train": run_train, "validate": run_validation}
 
 
 def main(argv: list[str] | None = None) -> None:

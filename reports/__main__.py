@@ -1,6 +1,9 @@
-"""Regenerate the report from stored results, without a GPU or a benchmark run.
+"""Regenerate the report from stored results and checks, without a GPU or a benchmark run.
 
 python -m reports --results-dir runs/results --out runs/report/regenerated
+
+The store's newest step-time validation and loss-parity check per case (`_validation/`, `_parity/`)
+go into validation.csv/.md and parity.csv/.md.
 """
 
 from __future__ import annotations
@@ -27,17 +30,22 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.results_dir.is_dir():
         parser.error(f"{args.results_dir} is not a folder: no results store there")
-    results = list(ResultStore(args.results_dir).latest_per_case().values())
-    if not results:
-        print(f"no results in {args.results_dir}: nothing to report", file=sys.stderr)
+    store = ResultStore(args.results_dir)
+    results = list(store.latest_per_case().values())
+    validations, parities = store.checks("validation"), store.checks("parity")
+    if not results and not validations and not parities:
+        print(f"no results or checks in {args.results_dir}: nothing to report", file=sys.stderr)
         return 1
 
-    from reports.build import summary_table, write_report
+    from reports.build import check_lines, summary_table, write_report
     from reports.rows import groups
     from reports.tables import text_table
 
-    files = write_report(results, args.out)
-    print("\n".join(text_table(summary_table(groups(results)).frame)))
+    files = write_report(results, args.out, validations=validations, parities=parities)
+    if results:
+        print("\n".join(text_table(summary_table(groups(results)).frame)))
+    for line in check_lines(validations, parities):
+        print(line)
     for name, path in files.items():
         print(f"{name}: {path}")
     return 0

@@ -1,19 +1,22 @@
 """Write the whole report from a list of results: the one entry point of the plugin and of the CLI.
 
-    write_report(results, out_dir) -> {name: path}
+    write_report(results, out_dir, *, validations=(), parities=()) -> {name: path}
 
-Results may repeat a case; the last one given for a case wins (callers put the newest last).
+Results may repeat a case; the last one given for a case wins (callers put the newest last). The same
+holds for the check records (`reports.checks`): validation.csv/.md and parity.csv/.md are written
+only where there are records of that kind.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from harness.result import Result
-from reports import costs, export, html, plots
+from reports import checks, costs, export, html, plots
 from reports.rows import RESULT_COLUMNS, Group, dedupe, environment_value, groups, result_row
 from reports.tables import (
     Table,
@@ -109,13 +112,33 @@ def environment_table(results: list[Result]) -> Table:
     return Table(title="Measured with", frame=pd.DataFrame(rows, columns=[*keys, "results"]))
 
 
-def write_report(results: list[Result], out_dir: Path) -> dict[str, Path]:
-    """Every report file under out_dir; returns them by name (plots only where there was data)."""
+def check_lines(validations: Sequence[Mapping[str, Any]], parities: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The terminal's one line per kind of check that has records."""
+    lines = []
+    if validations:
+        lines.append(checks.validation_line(validations))
+    if parities:
+        lines.append(checks.parity_line(parities))
+    return lines
+
+
+def write_report(
+    results: list[Result],
+    out_dir: Path,
+    *,
+    validations: Sequence[Mapping[str, Any]] = (),
+    parities: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Path]:
+    """Every report file under out_dir; returns them by name (plots and checks only where there was data)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = dedupe(results)
     found = groups(results)
     files: dict[str, Path] = {}
+    validations = checks.merge([], validations)  # one per case, the last given winning
+    parities = checks.merge([], parities)
+    validation_files, validation_tables = checks.write_validation(validations, out_dir)
+    parity_files, parity_tables = checks.write_parity(parities, out_dir)
 
     files["results_csv"] = out_dir / "results.csv"
     results_frame(results).to_csv(files["results_csv"], index=False)
@@ -184,6 +207,7 @@ def write_report(results: list[Result], out_dir: Path) -> dict[str, Path]:
             [
                 f"{len(results)} results, {sum(r.feasible for r in results)} feasible, "
                 f"over {len(found)} model and hardware combinations.",
+                *check_lines(validations, parities),
                 summary_table(found),
                 environment_table(results),
             ],
@@ -201,8 +225,13 @@ def write_report(results: list[Result], out_dir: Path) -> dict[str, Path]:
             else ["No model and hardware has both a naive and a best result."],
         ),
         ("Train with a best setting", [*commands] or ["No feasible result."]),
-        ("All results", [Table(title="results.csv", frame=results_frame(results).fillna(""))]),
     ]
+    if validation_tables:
+        sections.append(("Step-time validation", validation_tables))
+    if parity_tables:
+        sections.append(("Loss parity", parity_tables))
+    sections.append(("All results", [Table(title="results.csv", frame=results_frame(results).fillna(""))]))
+    files |= validation_files | parity_files
     files["index"] = out_dir / "index.html"
     files["index"].write_text(html.page(sections, TITLE))
     return files

@@ -9,6 +9,11 @@ aggregates (workers' reports, user_properties included, travel to it); it is fed
 A case test records `("pretrain_bench_result", Result.to_dict())` with `record_property`; a case
 predicted infeasible carries the same property from collection, so its setup report holds it. A test
 has up to three reports (setup, call, teardown): rows are kept per node id, the last report winning.
+
+Checks of results travel the same way: `("pretrain_bench_validation", record)` and
+`("pretrain_bench_parity", record)` (see `reports.checks`), kept per node id and kind, the last report
+winning; at session end they are merged with the store's newest check per case, this session's
+records winning per case id.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from harness.result import Result
 from harness.store import DEFAULT_ROOT, ResultStore
 
 PROPERTY = "pretrain_bench_result"
+CHECK_PROPERTIES = {"validation": "pretrain_bench_validation", "parity": "pretrain_bench_parity"}
+CHECK_KINDS = {name: kind for kind, name in CHECK_PROPERTIES.items()}  # property name -> kind
 DEFAULT_REPORT_DIR = Path("runs") / "report"
 
 
@@ -62,6 +69,9 @@ class ReportCollector:
         self.results_dir = results_dir
         self.stamp = time.strftime("%Y%m%d-%H%M%S")
         self.rows: dict[str, Any] = {}  # node id -> Result.to_dict()
+        self.checks: dict[str, dict[str, Any]] = {
+            kind: {} for kind in CHECK_PROPERTIES
+        }  # kind -> node id -> record
         self.problems: list[str] = []
         self.out_dir: Path | None = None
         self.files: dict[str, Path] = {}
@@ -71,6 +81,8 @@ class ReportCollector:
         for name, value in report.user_properties:
             if name == PROPERTY:
                 self.rows[report.nodeid] = value
+            elif name in CHECK_KINDS:
+                self.checks[CHECK_KINDS[name]][report.nodeid] = value
 
     def measured(self) -> list[Result]:
         results = []
@@ -80,6 +92,27 @@ class ReportCollector:
             except (KeyError, TypeError, ValueError) as error:  # a malformed row from a test, not ours
                 self.problems.append(f"{nodeid}: unreadable {PROPERTY} ({error!r}); left out")
         return results
+
+    def session_checks(self, kind: str) -> list[dict[str, Any]]:
+        from reports.checks import unreadable
+
+        records = []
+        for nodeid, record in self.checks[kind].items():
+            why = unreadable(record)
+            if why is None:
+                records.append(record)
+            else:
+                self.problems.append(f"{nodeid}: unreadable {CHECK_PROPERTIES[kind]} ({why}); left out")
+        return records
+
+    def stored_checks(self, kind: str) -> list[dict[str, Any]]:
+        from reports.checks import unreadable
+
+        try:
+            return [r for r in ResultStore(self.results_dir).checks(kind) if unreadable(r) is None]
+        except (KeyError, TypeError, AttributeError) as error:  # a hand-edited record without its keys
+            self.problems.append(f"{self.results_dir}: unreadable stored {kind} checks ({error!r}); left out")
+            return []
 
     def run_dir(self) -> Path:
         path = self.report_dir / self.stamp
@@ -91,20 +124,26 @@ class ReportCollector:
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        from reports.build import summary_table, write_report
+        from reports.build import check_lines, summary_table, write_report
+        from reports.checks import merge
         from reports.rows import dedupe, groups
         from reports.tables import text_table
 
         measured = self.measured()
-        if not measured:
-            # Nothing measured in this session (a unit-test run, --collect-only): writing a report
-            # from the store alone is `python -m reports`'s job.
+        session_checks = {kind: self.session_checks(kind) for kind in CHECK_PROPERTIES}
+        if not measured and not any(session_checks.values()):
+            # Nothing measured or checked in this session (a unit-test run, --collect-only): writing
+            # a report from the store alone is `python -m reports`'s job.
             return
         stored = ResultStore(self.results_dir).latest_per_case()
         merged = dedupe([*stored.values(), *measured])  # this session's rows last: they win
+        found = {kind: merge(self.stored_checks(kind), session_checks[kind]) for kind in CHECK_PROPERTIES}
         self.out_dir = self.run_dir()
-        self.files = write_report(merged, self.out_dir)
-        self.summary = text_table(summary_table(groups(merged)).frame)
+        self.files = write_report(
+            merged, self.out_dir, validations=found["validation"], parities=found["parity"]
+        )
+        self.summary = text_table(summary_table(groups(merged)).frame) if merged else []
+        self.summary += check_lines(found["validation"], found["parity"])
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if not self.files and not self.problems:

@@ -1,0 +1,161 @@
+"""Checks of a result: its prediction against a real run, and its loss against naive eager training.
+
+Validation trains with the exported plan at the recipe's full accumulation for `steps` optimizer
+steps after warm-up and compares the steady step time (one synchronization at each end of the
+window) with the engine's extrapolated prediction. Loss parity trains the case's method and the naive
+eager reference (same model, hardware, seed, batches, micro-batch and accumulation) for a few steps
+and compares the losses step by step.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import replace
+from typing import Any
+
+from harness.cases import Case
+from harness.engine import EngineOptions
+from harness.launch import run_job
+from harness.methods import NAIVE
+from harness.plan import make_plan, unsupported_reason
+from harness.result import Result
+from harness.store import ResultStore
+
+# Largest relative loss difference from naive eager accepted per precision, over a few steps. The
+# first step's loss agrees to ~1e-6 in fp32 (only kernel choice and summation order differ), but Adam
+# divides each gradient by its own running magnitude, so a rounding-level difference in a near-zero
+# gradient coordinate becomes a full-size step: the losses drift apart to ~1e-3 within five fp32
+# steps (measured on tiny-vit, compile + SDPA vs eager). TF32 matmuls carry 10-bit mantissas; bf16
+# (8-bit) and fp16 (11-bit, loss-scaled) autocast compound over layers. A real bug (a dropped layer,
+# wrong masking) moves the loss by far more than these.
+PARITY_TOLERANCE = {"fp32": 5e-3, "tf32": 1e-2, "fp16": 2e-2, "bf16": 3e-2}
+VALIDATION_WARMUP = 3
+
+
+def machine(case: Case, result: Result | None = None) -> str:
+    if case.gpu_type == "cpu":
+        return f"cpu x{case.num_gpus}"
+    gpu = (result.environment.get("gpu_name") if result else None) or case.gpu_type
+    return f"{gpu} x{case.num_gpus}"
+
+
+def validate(
+    result: Result, *, store: ResultStore, options: EngineOptions, steps: int = 20
+) -> dict[str, Any]:
+    """Train at the full accumulation with the result's plan and compare the step time with its prediction."""
+    case = result.case
+    assert result.micro_batch_size and result.grad_acc_steps and result.step_time_s, (
+        "validate a feasible result"
+    )
+    job_dir = options.work_dir / case.id / time.strftime("%Y%m%dT%H%M%S") / "validate"
+    plan = make_plan(
+        case,
+        result.micro_batch_size,
+        result.grad_acc_steps,
+        max_steps=VALIDATION_WARMUP + steps,
+        output_dir=str(job_dir / "trainer"),
+    )
+    job = {
+        "mode": "validate",
+        "plan": plan.to_dict(),
+        "warmup_steps": VALIDATION_WARMUP,
+        "timed_steps": steps,
+        "device": "cpu" if case.gpu_type == "cpu" else "cuda",
+    }
+    outcome = run_job(
+        job,
+        nproc=case.gpus_per_node,
+        num_nodes=case.num_nodes,
+        job_dir=job_dir,
+        timeout_s=options.timeout_s,
+        env=options.env,
+    )
+    if not outcome.ok or outcome.result is None:
+        raise RuntimeError(f"validation of {case.id} failed: {outcome.failure()}\n{outcome.output_tail}")
+    measured = outcome.result["window_step_s"]
+    record = {
+        "case_id": case.id,
+        "predicted_step_s": result.step_time_s,
+        "measured_step_s": measured,
+        "error_pct": 100.0 * (result.step_time_s - measured) / measured,
+        "steps": steps,
+        "warmup_steps": VALIDATION_WARMUP,
+        "machine": machine(case, result),
+        "micro_batch_size": result.micro_batch_size,
+        "grad_acc_steps": result.grad_acc_steps,
+    }
+    store.append_check("validation", record)
+    return record
+
+
+def parity_tolerance(case: Case) -> tuple[str, float]:
+    from hardware import get_gpu
+    from models import get_model
+
+    precision = get_model(case.model).recipe.precision
+    if (
+        precision == "fp32"
+        and case.method.free_lunch
+        and case.gpu_type != "cpu"
+        and get_gpu(case.gpu_type).supports_tf32
+    ):
+        precision = "tf32"
+    return precision, PARITY_TOLERANCE[precision]
+
+
+def loss_parity(
+    case: Case,
+    *,
+    store: ResultStore,
+    options: EngineOptions,
+    steps: int = 5,
+    micro_batch: int = 1,
+    grad_acc: int = 2,
+) -> dict[str, Any]:
+    """Losses of `case` and of naive eager on identical batches, step by step, within the tolerance."""
+    reference = replace(case, method=NAIVE)
+    precision, tolerance = parity_tolerance(case)
+    record: dict[str, Any] = {
+        "case_id": case.id,
+        "reference_case_id": reference.id,
+        "method": case.method.slug,
+        "precision": precision,
+        "steps": steps,
+        "tolerance": tolerance,
+        "machine": machine(case),
+    }
+    if (why := unsupported_reason(case)) is not None:
+        record |= {"losses": [], "reference_losses": [], "passed": False, "skipped_reason": why}
+        store.append_check("parity", record)
+        return record
+    root = options.work_dir / case.id / time.strftime("%Y%m%dT%H%M%S")
+    losses = {}
+    for which in (case, reference):
+        job_dir = root / ("parity" if which is case else "parity-reference")
+        plan = make_plan(which, micro_batch, grad_acc, max_steps=steps, output_dir=str(job_dir / "trainer"))
+        job = {"mode": "train", "plan": plan.to_dict(), "device": "cpu" if case.gpu_type == "cpu" else "cuda"}
+        outcome = run_job(
+            job,
+            nproc=case.gpus_per_node,
+            num_nodes=case.num_nodes,
+            job_dir=job_dir,
+            timeout_s=options.timeout_s,
+            env=options.env,
+        )
+        if not outcome.ok or outcome.result is None:
+            raise RuntimeError(
+                f"loss parity run of {which.id} failed: {outcome.failure()}\n{outcome.output_tail}"
+            )
+        losses[which.id] = outcome.result["losses"]
+    ours, theirs = losses[case.id], losses[reference.id]
+    diffs = [abs(a - b) / abs(b) for a, b in zip(ours, theirs, strict=True)]
+    record |= {
+        "losses": ours,
+        "reference_losses": theirs,
+        "max_rel_diff": max(diffs),
+        "median_rel_diff": statistics.median(diffs),
+        "passed": max(diffs) <= tolerance,
+    }
+    store.append_check("parity", record)
+    return record
