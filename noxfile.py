@@ -1,4 +1,4 @@
-"""nox sessions: tests, lint, bench (detects the node), one per GPU type, kernels.
+"""nox sessions: tests, lint, bench (detects the node), validate, one per GPU type, kernels.
 
 Every session also runs in the current environment with `nox --no-venv -s <name>` (or
 `--force-venv-backend none`), installing nothing: that is how GPU nodes without a package index use
@@ -52,6 +52,15 @@ def bench(session: nox.Session) -> None:
         [sys.executable, "-m", "hardware"], capture_output=True, text=True, check=True, cwd=ROOT
     )
     session.run("python", "-m", "pytest", "bench", "-m", marker.stdout.strip(), *session.posargs)
+
+
+@nox.session
+def validate(session: nox.Session) -> None:
+    """Prove this node's numbers: time each case, train it at the full accumulation, check its losses."""
+    _install(session, "-e", ".[test]")
+    marker = subprocess.run([sys.executable, "-m", "hardware"], capture_output=True, text=True, check=True, cwd=ROOT)
+    args = ["bench", "-m", marker.stdout.strip(), "--validate", "--parity"]
+    session.run("python", "-m", "pytest", *args, *session.posargs)
 
 
 def _gpu_session(gpu_type: str) -> None:
