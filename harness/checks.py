@@ -15,10 +15,9 @@ from dataclasses import replace
 from typing import Any
 
 from harness.cases import Case
-from harness.engine import EngineOptions
-from harness.launch import run_job
+from harness.engine import EngineOptions, run_plan
 from harness.methods import NAIVE
-from harness.plan import make_plan, unsupported_reason
+from harness.plan import unsupported_reason
 from harness.result import Result
 from harness.store import ResultStore
 
@@ -49,27 +48,16 @@ def validate(
         "validate a feasible result"
     )
     job_dir = options.work_dir / case.id / time.strftime("%Y%m%dT%H%M%S") / "validate"
-    plan = make_plan(
+    outcome = run_plan(
         case,
+        "validate",
         result.micro_batch_size,
         result.grad_acc_steps,
-        max_steps=VALIDATION_WARMUP + steps,
-        output_dir=str(job_dir / "trainer"),
-    )
-    job = {
-        "mode": "validate",
-        "plan": plan.to_dict(),
-        "warmup_steps": VALIDATION_WARMUP,
-        "timed_steps": steps,
-        "device": "cpu" if case.gpu_type == "cpu" else "cuda",
-    }
-    outcome = run_job(
-        job,
-        nproc=case.gpus_per_node,
-        num_nodes=case.num_nodes,
-        job_dir=job_dir,
-        timeout_s=options.timeout_s,
-        env=options.env,
+        VALIDATION_WARMUP + steps,
+        options,
+        job_dir,
+        warmup_steps=VALIDATION_WARMUP,
+        timed_steps=steps,
     )
     if not outcome.ok or outcome.result is None:
         raise RuntimeError(f"validation of {case.id} failed: {outcome.failure()}\n{outcome.output_tail}")
@@ -133,16 +121,7 @@ def loss_parity(
     losses = {}
     for which in (case, reference):
         job_dir = root / ("parity" if which is case else "parity-reference")
-        plan = make_plan(which, micro_batch, grad_acc, max_steps=steps, output_dir=str(job_dir / "trainer"))
-        job = {"mode": "train", "plan": plan.to_dict(), "device": "cpu" if case.gpu_type == "cpu" else "cuda"}
-        outcome = run_job(
-            job,
-            nproc=case.gpus_per_node,
-            num_nodes=case.num_nodes,
-            job_dir=job_dir,
-            timeout_s=options.timeout_s,
-            env=options.env,
-        )
+        outcome = run_plan(which, "train", micro_batch, grad_acc, steps, options, job_dir)
         if not outcome.ok or outcome.result is None:
             raise RuntimeError(
                 f"loss parity run of {which.id} failed: {outcome.failure()}\n{outcome.output_tail}"

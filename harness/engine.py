@@ -139,11 +139,24 @@ def _run(
     plan = make_plan(case, micro_batch, grad_acc, max_steps=1, output_dir=str(job_dir / "trainer"))
     warmup = _warmup(case, options, plan.training_args)
     steps = warmup + options.timed_steps if mode == "time" else len(extra.get("micro_batches", [1]))
+    return run_plan(case, mode, micro_batch, grad_acc, steps, options, job_dir, warmup_steps=warmup, **extra)
+
+
+def run_plan(
+    case: Case,
+    mode: str,
+    micro_batch: int,
+    grad_acc: int,
+    steps: int,
+    options: EngineOptions,
+    job_dir: Path,
+    **extra: Any,
+) -> JobOutcome:
+    """One worker job (`mode`) training `case` with its plan at this micro-batch and accumulation."""
     plan = make_plan(case, micro_batch, grad_acc, max_steps=steps, output_dir=str(job_dir / "trainer"))
     job = {
         "mode": mode,
         "plan": plan.to_dict(),
-        "warmup_steps": warmup,
         "device": "cpu" if case.gpu_type == "cpu" else "cuda",
         **extra,
     }
