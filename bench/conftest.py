@@ -69,8 +69,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "case" not in metafunc.fixturenames:
         return
     cases = collect_cases(metafunc.config)
-    metafunc.config._pretrain_bench_cases = cases  # type: ignore[attr-defined]  # progress estimate
     metafunc.parametrize("case", [pytest.param(c, id=c.id, marks=case_marks(c)) for c in cases])
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # The session's time-left estimate counts the cases that will run: selected, not skip-marked.
+    session.config._pretrain_bench_selected = sum(  # type: ignore[attr-defined]
+        1
+        for item in session.items
+        if "case" in getattr(getattr(item, "callspec", None), "params", {})
+        and item.get_closest_marker("skip") is None
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

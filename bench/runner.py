@@ -33,14 +33,21 @@ class Runner:
             raise pytest.UsageError(f"--timed-steps must be at least 5 (a median and spread), got {timed}")
         reporter = config.pluginmanager.get_plugin("terminalreporter")
 
+        capture = config.pluginmanager.get_plugin("capturemanager")
+
         def write(line: str) -> None:
             # Under xdist the worker's terminal is not shown; stderr of the worker is, with -s.
-            if reporter is not None and not hasattr(config, "workerinput"):
-                reporter.write_line(line)
-            else:
+            if reporter is None or hasattr(config, "workerinput"):
                 print(line, file=sys.stderr, flush=True)
+                return
+            # Progress is written during a test's call, which pytest captures: show it live.
+            if capture is not None:
+                with capture.global_and_fixture_disabled():
+                    reporter.write_line(line)
+            else:
+                reporter.write_line(line)
 
-        total = len(getattr(config, "_pretrain_bench_cases", ())) or 1
+        total = getattr(config, "_pretrain_bench_selected", 0) or 1
         options = EngineOptions(
             timed_steps=timed,
             max_micro_batch=config.getoption("max_micro_batch"),

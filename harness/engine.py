@@ -55,8 +55,15 @@ def measure_case(
     fingerprint: str,
     options: EngineOptions = EngineOptions(),
 ) -> Result:
-    """The stored result if this case was measured in this environment, else a new measurement."""
-    if not options.force and (done := store.latest(case.id, fingerprint)) is not None:
+    """The stored result if this case was measured in this environment, else a new measurement.
+
+    A stored error (a crash, a hang, a sanity gate) is measured again: it says nothing about the case.
+    """
+    if (
+        not options.force
+        and (done := store.latest(case.id, fingerprint)) is not None
+        and done.status != "error"
+    ):
         return done
     result = _measure(case, environment=environment, fingerprint=fingerprint, options=options)
     store.append(result)

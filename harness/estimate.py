@@ -1,10 +1,11 @@
 """A lower bound on per-GPU memory from model states alone, to skip hopeless cases before launching.
 
-Mixed-precision Adam keeps, per parameter: fp32 weights (4 bytes), fp32 gradients (4) and two fp32
-moments (8) = 16 bytes (DeepSpeed: fp16/bf16 weights and gradients 2 + 2, fp32 master copy 4, moments
-8 = 16 as well; ZeRO paper, Rajbhandari et al. 2020, sec. 3.1). Sharding divides the sharded parts by
-the GPU count, offloading moves optimizer states (and ZeRO-3's parameters) to the host. Activations
-are not counted, so the bound only ever rules out cases that cannot fit whatever the micro-batch.
+The Trainer's autocast (DDP, FSDP) keeps, per parameter: fp32 weights (4 bytes), fp32 gradients (4)
+and two fp32 Adam moments (8). DeepSpeed with an fp16/bf16 recipe keeps half-precision weights and
+gradients (2 + 2) and, with the optimizer, an fp32 master copy and the moments (12): ZeRO paper,
+Rajbhandari et al. 2020, sec. 3.1. Sharding divides the sharded parts by the GPU count; offloading
+moves optimizer states (and, fully sharded, the parameters) to the host. Activations are not counted,
+so the bound only ever rules out cases that cannot fit whatever the micro-batch.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from harness.cases import Case
 GIB = 1024**3
 # (weights, gradients, optimizer states) bytes per parameter
 STATE_BYTES = (4, 4, 8)
+DEEPSPEED_HALF_STATE_BYTES = (2, 2, 12)
 # Which of (weights, gradients, optimizer) each sharding splits across GPUs.
 SHARDED = {
     "none": (False, False, False),
@@ -25,10 +27,13 @@ SHARDED = {
 }
 
 
-def model_state_gib(case: Case, num_parameters: int) -> float:
+def model_state_gib(case: Case, num_parameters: int, precision: str = "fp32") -> float:
     method = case.method
     n = case.num_gpus
-    weights, grads, optim = (b * num_parameters for b in STATE_BYTES)
+    half = method.uses_deepspeed and precision in ("fp16", "bf16")
+    weights, grads, optim = (
+        b * num_parameters for b in (DEEPSPEED_HALF_STATE_BYTES if half else STATE_BYTES)
+    )
     split_w, split_g, split_o = SHARDED[method.sharding]
     if method.offloading:
         optim = 0
@@ -50,7 +55,9 @@ def predicted_infeasible(case: Case) -> str | None:
     gpu = get_gpu(case.gpu_type)
     if case.gpu_type == "cpu" or not gpu.memory_gib:
         return None
-    need = model_state_gib(case, num_parameters(case.model))
+    from models import get_model
+
+    need = model_state_gib(case, num_parameters(case.model), get_model(case.model).recipe.precision)
     if need > gpu.memory_gib:
         return (
             f"predicted: model states need {need:.1f} GiB per GPU before activations, "

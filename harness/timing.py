@@ -147,6 +147,7 @@ def summarize(samples: list[StepSample], *, warmup: int, grad_acc_steps: int) ->
         "t_residual_s": statistics.median(s.residual_s for s in timed),
         "micro_samples_s": micro,
         "final_samples_s": [s.final_s for s in timed],
+        "load_samples_s": [s.load_s for s in timed],
         # The first step carries compilation, autotuning and allocator growth.
         "first_step_s": first,
         "first_step_overhead_s": max(0.0, first - statistics.median(walls)),

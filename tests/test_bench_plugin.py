@@ -164,7 +164,10 @@ def test_markers_of_every_case(tmp_path):
     expected = [
         r["id"]
         for r in rows
-        if r["gpu_type"] == "h100" and r["num_gpus"] > 1 and "nodes" not in r["id"] and "family_pythia" in r["marks"]
+        if r["gpu_type"] == "h100"
+        and r["num_gpus"] > 1
+        and "nodes" not in r["id"]
+        and "family_pythia" in r["marks"]
     ]
     assert ids and sorted(ids) == sorted(expected)
     assert all(i.startswith("pythia-") and "-h100x" in i and "-h100x1-" not in i for i in ids)
@@ -194,15 +197,16 @@ def test_absent_hardware_with_require_hardware_fails(tmp_path):
 
 
 def test_too_few_gpus_of_the_right_type_is_skipped(tmp_path):
-    proc = bench(tmp_path, "-m", "h200", "--models", "pythia-160m", "--gpu-counts", "4", "--methods", "naive",
-                 "-rs", node="h200x2")  # fmt: skip
+    args = ("-m", "h200", "--models", "pythia-160m", "--gpu-counts", "4", "--methods", "naive", "-rs")
+    proc = bench(tmp_path, *args, node="h200x2")
     assert proc.returncode == 0, output(proc)[-3000:]
     assert skip_reasons(proc) == ["case needs 4 x h200; this node has 2 x h200"]
 
 
 def test_case_predicted_infeasible_is_skipped_at_collection_with_a_report_row(tmp_path):
-    proc = bench(tmp_path, "-m", "rtx3090", "--models", "pythia-6.9b", "--gpu-counts", "1", "--methods", "naive",
-                 "-rs", "--job-timeout", "60", node="rtx3090")  # fmt: skip
+    args = ("-m", "rtx3090", "--models", "pythia-6.9b", "--gpu-counts", "1", "--methods", "naive", "-rs")
+    # On matching hardware: were the skip mark missing, a job would start (and fail within 60 s).
+    proc = bench(tmp_path, *args, "--job-timeout", "60", node="rtx3090")
     assert proc.returncode == 0, output(proc)[-3000:]
     reasons = skip_reasons(proc)
     assert len(reasons) == 1 and reasons[0].startswith("predicted:"), proc.stdout
@@ -213,8 +217,8 @@ def test_case_predicted_infeasible_is_skipped_at_collection_with_a_report_row(tm
 
 
 def test_gpu_count_that_does_not_divide_the_batch_is_skipped(tmp_path):
-    proc = bench(tmp_path, "-m", "h100", "--models", "pythia-160m", "--gpu-counts", "3", "--methods", "naive",
-                 "-rs", "--job-timeout", "60", node="h100x4")  # fmt: skip
+    args = ("-m", "h100", "--models", "pythia-160m", "--gpu-counts", "3", "--methods", "naive", "-rs")
+    proc = bench(tmp_path, *args, "--job-timeout", "60", node="h100x4")
     assert proc.returncode == 0, output(proc)[-3000:]
     reasons = skip_reasons(proc)
     assert len(reasons) == 1 and "not divisible by 3 GPUs" in reasons[0], proc.stdout
@@ -233,7 +237,14 @@ def test_cpu_profile_end_to_end_resumes_and_forces(tmp_path):
     reports = sorted((tmp_path / "report").iterdir())
     assert len(reports) == 1
     run = reports[0]
-    for name in ("results.csv", "training_days.md", "optimal_configs.md", "costs.md", "costs.csv", "index.html"):
+    for name in (
+        "results.csv",
+        "training_days.md",
+        "optimal_configs.md",
+        "costs.md",
+        "costs.csv",
+        "index.html",
+    ):
         assert (run / name).is_file(), name
     assert f"report: {run}" in proc.stdout
     plan = json.loads((run / "best" / CPU_ID / "plan.json").read_text())
@@ -250,7 +261,12 @@ def test_cpu_profile_end_to_end_resumes_and_forces(tmp_path):
     again = bench(tmp_path, *ONE_CPU_CASE)
     assert again.returncode == 0, output(again)[-4000:]
     assert "1 passed" in again.stdout
-    assert files_under(tmp_path / "results") == records
+    now = files_under(tmp_path / "results")
+    # The store key holds a hash of harness/ and models/: an edit there between the two runs
+    # (a concurrent checkout change) legitimately re-measures. Say so rather than blame resume.
+    fingerprints = {p.name.split("-")[0] for p in now}
+    assert len(fingerprints) == 1, f"code fingerprint changed between the runs: {sorted(fingerprints)}"
+    assert now == records
     assert sorted((tmp_path / "jobs" / CPU_ID).iterdir()) == jobs
     assert len(list((tmp_path / "report").iterdir())) == 2  # a report per session all the same
 
@@ -261,7 +277,7 @@ def test_cpu_profile_end_to_end_resumes_and_forces(tmp_path):
     new = [p for p in files_under(tmp_path / "results") if p not in records]
     assert len(new) == 1
     record = json.loads(new[0].read_text())
-    assert record["status"] == "error" and "timed out after 2 s" in record["reason"]
+    assert record["status"] == "error" and re.search(r"timed out after \d+ s", record["reason"]), record
     assert len(list((tmp_path / "jobs" / CPU_ID).iterdir())) == 2
 
 
@@ -270,17 +286,13 @@ def timed_out_pair(tmp_path_factory):
     """Two cpu cases of 42 collected (40 deselected by -m), each ended by a 2 s job timeout."""
     tmp = tmp_path_factory.mktemp("timeouts")
     proc = bench(tmp, "-m", "cpu", "--models", "pythia-14m", "--methods", "naive", "--job-timeout", "2")
-    assert proc.returncode == 1, output(proc)[-4000:]
-    assert "2 failed, 40 deselected" in proc.stdout
+    # Not an assert: a broken setup must read as an error of the fixture, not a failed check.
+    if proc.returncode != 1 or not re.search(r"2 failed, \d+ deselected", proc.stdout):
+        raise RuntimeError(f"unexpected run (exit {proc.returncode}):\n{output(proc)[-4000:]}")
     return tmp, proc
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="bench/runner.py Runner.from_config write(): terminalreporter.write_line inside a test's "
-    "call is captured, so progress lines only show in a failed test's captured output, never live",
-)
 def test_progress_lines_are_shown_live(timed_out_pair):
     _, proc = timed_out_pair
     before_failures = proc.stdout.split(" FAILURES ")[0]
@@ -288,26 +300,20 @@ def test_progress_lines_are_shown_live(timed_out_pair):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="bench/conftest.py pytest_generate_tests stores every parametrized case in "
-    "config._pretrain_bench_cases; Progress's ETA counts cases deselected by -m/-k",
-)
 def test_time_left_counts_only_selected_cases(timed_out_pair):
     _, proc = timed_out_pair
     left = re.findall(r"left for (\d+) case\(s\)", proc.stdout)
-    assert left == ["1"], left
+    if not left:
+        raise RuntimeError(f"no time-left estimate in the output:\n{proc.stdout[-3000:]}")
+    assert left == ["1"], left  # one case left after the first; 41 counts the 40 deselected
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="harness/engine.py measure_case resumes any stored result, errors included: a timed-out "
-    "or crashed case is never retried without --force, and reports the old job timeout",
-)
 def test_a_stored_error_is_measured_again(timed_out_pair):
     tmp, _ = timed_out_pair
-    assert len(files_under(tmp / "results" / CPU_ID)) == 1
+    if len(files_under(tmp / "results" / CPU_ID)) != 1:
+        raise RuntimeError("expected the one stored error of the timed-out run")
     proc = bench(tmp, *ONE_CPU_CASE, "--job-timeout", "2")
-    assert proc.returncode == 1, output(proc)[-3000:]
+    if proc.returncode != 1:  # measured again or not, the case ends in a timeout error
+        raise RuntimeError(output(proc)[-3000:])
     assert len(files_under(tmp / "results" / CPU_ID)) == 2

@@ -30,7 +30,7 @@ from harness.plan import (
     per_device_target,
     unsupported_reason,
 )
-from models import MODELS, TINY_MODELS, get_model
+from models import MODELS, get_model
 
 REPO = Path(__file__).resolve().parents[1]
 NAIVE = Method(free_lunch=False)
@@ -38,7 +38,9 @@ FREE_LUNCH = Method(free_lunch=True)
 
 
 def case(model: str = "pythia-160m", gpu: str = "h100", gpus: int = 4, **method) -> Case:
-    return Case(model=model, gpu_type=gpu, gpus_per_node=gpus, method=Method(**({"free_lunch": True} | method)))
+    return Case(
+        model=model, gpu_type=gpu, gpus_per_node=gpus, method=Method(**({"free_lunch": True} | method))
+    )
 
 
 def plan_for(c: Case, micro_batch: int | None = None, **kwargs) -> Plan:
@@ -202,7 +204,9 @@ def test_recipe_reaches_the_arguments_and_the_trainers_optimizer(model):
     assert not (args["fp16"] and args["bf16"])
     assert args["logging_nan_inf_filter"] is False  # a host sync per micro-batch otherwise
     assert args["report_to"] == "none" and args["save_strategy"] == "no"
-    assert p.optimizer["target"] == {"adam": "torch.optim:Adam", "adamw": "torch.optim:AdamW"}[recipe.optimizer]
+    assert (
+        p.optimizer["target"] == {"adam": "torch.optim:Adam", "adamw": "torch.optim:AdamW"}[recipe.optimizer]
+    )
     kwargs = p.optimizer["kwargs"]
     assert kwargs["lr"] == recipe.lr and kwargs["betas"] == list(recipe.betas)
     assert kwargs["eps"] == recipe.eps and kwargs["weight_decay"] == recipe.weight_decay
@@ -415,18 +419,29 @@ def test_predicted_infeasible():
     reason = predicted_infeasible(big)
     assert isinstance(reason, str) and reason.startswith("predicted:")
     assert "GiB" in reason and "h100" in reason
-    assert predicted_infeasible(Case(model="pythia-160m", gpu_type="h100", gpus_per_node=1, method=NAIVE)) is None
+    assert (
+        predicted_infeasible(Case(model="pythia-160m", gpu_type="h100", gpus_per_node=1, method=NAIVE))
+        is None
+    )
     # The cpu profile has no device memory to predict from.
-    assert predicted_infeasible(Case(model="pythia-14m", gpu_type="cpu", gpus_per_node=1, method=NAIVE)) is None
+    assert (
+        predicted_infeasible(Case(model="pythia-14m", gpu_type="cpu", gpus_per_node=1, method=NAIVE)) is None
+    )
     # ZeRO-3 over 8 H100s: 6.9e9 x 2 bytes = 12.8 GiB fits.
     sharded = Case(
-        model="pythia-6.9b", gpu_type="h100", gpus_per_node=8, method=Method(free_lunch=True, sharding="zero3")
+        model="pythia-6.9b",
+        gpu_type="h100",
+        gpus_per_node=8,
+        method=Method(free_lunch=True, sharding="zero3"),
     )
     assert predicted_infeasible(sharded) is None
 
 
 VALID_METHODS = [
-    (sharding, offload) for sharding in SHARDINGS for offload in (False, True) if not (offload and sharding == "none")
+    (sharding, offload)
+    for sharding in SHARDINGS
+    for offload in (False, True)
+    if not (offload and sharding == "none")
 ]
 
 
@@ -451,11 +466,6 @@ def test_state_memory_never_grows_with_more_gpus(method, gpus, params):
     assert gib(gpus) >= 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="harness/estimate.py counts DeepSpeed's fp32 master weights as unsharded weights (and half "
-    "weights/grads at 4 bytes) for fp16/bf16 recipes, so ZeRO-1/2 cases the paper ran are skipped",
-)
 def test_no_setting_the_paper_ran_is_predicted_infeasible():
     """Appendix J's optimal settings all ran, so the lower bound must not rule any of them out.
 
