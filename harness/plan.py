@@ -158,7 +158,6 @@ def make_plan(
         "gradient_checkpointing": ckpt and not method.uses_fsdp,
         "gradient_checkpointing_kwargs": {"use_reentrant": False} if ckpt and not method.uses_fsdp else None,
         "ddp_find_unused_parameters": False,
-        "ddp_backend": "nccl" if on_gpu else "gloo",
         "use_cpu": not on_gpu,
         "dataloader_drop_last": True,
         "dataloader_pin_memory": on_gpu,

@@ -1,0 +1,42 @@
+"""The launcher's command lines and failure summaries (no jobs run here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.launch import last_error, torchrun_command
+
+
+def test_one_node_uses_a_local_rendezvous_on_a_free_port():
+    a = torchrun_command(2, Path("/tmp/job.json"))
+    assert "--nproc-per-node=2" in a and "--nnodes=1" in a and "--max-restarts=0" in a
+    assert a[-3:] == ["-m", "harness.worker", "/tmp/job.json"]
+    endpoint = [x for x in a if x.startswith("--rdzv-endpoint=")][0]
+    assert endpoint.startswith("--rdzv-endpoint=127.0.0.1:")
+
+
+def test_several_nodes_meet_at_the_allocation_master(monkeypatch):
+    monkeypatch.setenv("MASTER_ADDR", "node001")
+    monkeypatch.setenv("MASTER_PORT", "29555")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    cmd = torchrun_command(8, Path("job.json"), num_nodes=2)
+    assert "--nnodes=2" in cmd and "--nproc-per-node=8" in cmd
+    assert "--rdzv-endpoint=node001:29555" in cmd and "--rdzv-id=4242" in cmd and "--rdzv-backend=c10d" in cmd
+
+
+def test_last_error_prefers_a_ranks_exception_over_the_peers_sigterm():
+    output = "\n".join(
+        [
+            '[rank1]:   File "builder.py", line 710, in <genexpr>',
+            "[rank1]: ValueError: invalid literal for int() with base 10: '0a'",
+            "W1122 Sending process 4131 closing signal SIGTERM",
+            "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: ",
+            "  traceback : Signal 15 (SIGTERM) received by PID 4131",
+        ]
+    )
+    assert last_error(output) == "ValueError: invalid literal for int() with base 10: '0a'"
+    assert (
+        last_error("  traceback : Signal 9 (SIGKILL) received by PID 7")
+        == "Signal 9 (SIGKILL) received by PID 7"
+    )
+    assert last_error("all fine") == ""
