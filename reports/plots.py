@@ -27,7 +27,8 @@ def _figure(width: float, height: float) -> tuple[Figure, Any]:
 
 
 def _usd(value: float, _position: Any) -> str:
-    return f"${value / 1000:,.0f}k" if value >= 1000 else f"${value:,.0f}"
+    # Thousands with one decimal where needed: close ticks ($30.5k, $31k) must not read alike.
+    return f"${value / 1000:,.1f}k".replace(".0k", "k") if value >= 1000 else f"${value:,.0f}"
 
 
 def _scatter(rows: list[dict[str, Any]], y_key: str, y_label: str, title: str, path: Path) -> Path | None:
