@@ -17,6 +17,24 @@ from harness.methods import FREE_LUNCH, NAIVE, Method, memory_saving_options
 from harness.result import Result
 from reports import paper
 
+# The Result fields copied into results.csv as they are.
+MEASURED_FIELDS: tuple[str, ...] = (
+    "micro_batch_size",
+    "grad_acc_steps",
+    "measured_grad_acc_steps",
+    "step_time_s",
+    "step_time_spread_s",
+    "training_days",
+    "tokens_per_s",
+    "samples_per_s",
+    "tflops_per_gpu",
+    "mfu",
+    "peak_memory_gib",
+    "compile_s",
+    "attention",
+    "kernels",
+)
+
 # results.csv: the brief's columns first, then everything else a reader may want to filter on.
 RESULT_COLUMNS: tuple[str, ...] = (
     "case_id",
@@ -34,20 +52,7 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "status",
     "feasible",
     "reason",
-    "micro_batch_size",
-    "grad_acc_steps",
-    "measured_grad_acc_steps",
-    "step_time_s",
-    "step_time_spread_s",
-    "training_days",
-    "tokens_per_s",
-    "samples_per_s",
-    "tflops_per_gpu",
-    "mfu",
-    "peak_memory_gib",
-    "compile_s",
-    "attention",
-    "kernels",
+    *MEASURED_FIELDS,
     "gpu_count",
     "driver",
     "cuda",
@@ -124,22 +129,7 @@ def result_row(result: Result) -> dict[str, Any]:
             timespec="seconds"
         ),
     }
-    for name in (
-        "micro_batch_size",
-        "grad_acc_steps",
-        "measured_grad_acc_steps",
-        "step_time_s",
-        "step_time_spread_s",
-        "training_days",
-        "tokens_per_s",
-        "samples_per_s",
-        "tflops_per_gpu",
-        "mfu",
-        "peak_memory_gib",
-        "compile_s",
-        "attention",
-        "kernels",
-    ):
+    for name in MEASURED_FIELDS:
         row[name] = getattr(result, name)
     for key in ENVIRONMENT_KEYS:
         row[key] = environment_value(result, key)
