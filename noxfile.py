@@ -29,6 +29,12 @@ def _install(session: nox.Session, *args: str) -> None:
     session.install(*args)
 
 
+def _node_marker() -> str:
+    """This node's GPU-type marker (cpu without a GPU), as `python -m hardware` prints it."""
+    cmd = [sys.executable, "-m", "hardware"]
+    return subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT).stdout.strip()
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """The suite's own tests (CPU only), as CI runs them."""
@@ -48,18 +54,14 @@ def lint(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmark this node: its GPU type's marker, or the cpu tiny profile where there is no GPU."""
     _install(session, "-e", ".[test]")
-    marker = subprocess.run(
-        [sys.executable, "-m", "hardware"], capture_output=True, text=True, check=True, cwd=ROOT
-    )
-    session.run("python", "-m", "pytest", "bench", "-m", marker.stdout.strip(), *session.posargs)
+    session.run("python", "-m", "pytest", "bench", "-m", _node_marker(), *session.posargs)
 
 
 @nox.session
 def validate(session: nox.Session) -> None:
     """Prove this node's numbers: time each case, train it at the full accumulation, check its losses."""
     _install(session, "-e", ".[test]")
-    marker = subprocess.run([sys.executable, "-m", "hardware"], capture_output=True, text=True, check=True, cwd=ROOT)
-    args = ["bench", "-m", marker.stdout.strip(), "--validate", "--parity"]
+    args = ["bench", "-m", _node_marker(), "--validate", "--parity"]
     session.run("python", "-m", "pytest", *args, *session.posargs)
 
 

@@ -28,24 +28,14 @@ class ResultStore:
         folder = self.root / result.case.id
         folder.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(result.created)) + f"{result.created % 1:.6f}"[1:]
-        path = folder / f"{result.fingerprint or 'nofp'}-{stamp}.json"
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(result.to_dict(), indent=1, sort_keys=True))
-        with tmp.open("rb") as f:
-            os.fsync(f.fileno())
-        tmp.replace(path)
-        return path
+        return _write_atomic(folder / f"{result.fingerprint or 'nofp'}-{stamp}.json", result.to_dict())
 
     def append_check(self, kind: str, record: dict[str, Any]) -> Path:
         """Store a check of a result (kind "validation" or "parity") under `_<kind>/`, atomically."""
         folder = self.root / f"_{kind}"
         folder.mkdir(parents=True, exist_ok=True)
         created = record.setdefault("created", time.time())
-        path = folder / f"{record['case_id']}-{created:.6f}.json"
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
-        tmp.replace(path)
-        return path
+        return _write_atomic(folder / f"{record['case_id']}-{created:.6f}.json", record)
 
     def checks(self, kind: str) -> list[dict[str, Any]]:
         """The newest check of each case of this kind."""
@@ -74,18 +64,10 @@ class ResultStore:
         return [Result.from_dict(r) for r in self.records()]
 
     def latest(self, case_id: str, fingerprint: str | None = None) -> Result | None:
-        found = None
-        folder = self.root / case_id
-        for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-            if fingerprint is not None and not path.name.startswith(f"{fingerprint}-"):
-                continue
-            try:
-                record = json.loads(path.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError) as error:
-                warnings.warn(f"skipping corrupt result {path}: {error}", stacklevel=2)
-                continue
-            if found is None or record.get("created", 0.0) >= found.get("created", 0.0):
-                found = record
+        paths = sorted((self.root / case_id).glob(f"{fingerprint or ''}*.json"))
+        if fingerprint is not None:
+            paths = [p for p in paths if p.name.startswith(f"{fingerprint}-")]
+        found = max(self._read(paths), key=lambda r: r.get("created", 0.0), default=None)
         return Result.from_dict(found) if found else None
 
     def latest_per_case(self) -> dict[str, Result]:
@@ -94,3 +76,13 @@ class ResultStore:
         for result in self.results():
             newest[result.case.id] = result
         return newest
+
+
+def _write_atomic(path: Path, data: dict[str, Any]) -> Path:
+    """Write to a temporary name, flush to disk, rename: readers see a whole record or none."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    with tmp.open("rb") as f:
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    return path

@@ -35,6 +35,20 @@ MEASURED_FIELDS: tuple[str, ...] = (
     "kernels",
 )
 
+# The environment fields of results.csv, from the worker's view where it has one.
+ENVIRONMENT_KEYS: tuple[str, ...] = (
+    "gpu_name",
+    "gpu_count",
+    "driver",
+    "cuda",
+    "torch",
+    "transformers",
+    "accelerate",
+    "deepspeed",
+    "python",
+    "code_version",
+)
+
 # results.csv: the brief's columns first, then everything else a reader may want to filter on.
 RESULT_COLUMNS: tuple[str, ...] = (
     "case_id",
@@ -53,29 +67,9 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "feasible",
     "reason",
     *MEASURED_FIELDS,
-    "gpu_count",
-    "driver",
-    "cuda",
-    "torch",
-    "transformers",
-    "accelerate",
-    "deepspeed",
-    "python",
-    "code_version",
+    *ENVIRONMENT_KEYS[1:],  # gpu_name stands with the hardware columns above
     "fingerprint",
     "created",
-)
-ENVIRONMENT_KEYS: tuple[str, ...] = (
-    "gpu_name",
-    "gpu_count",
-    "driver",
-    "cuda",
-    "torch",
-    "transformers",
-    "accelerate",
-    "deepspeed",
-    "python",
-    "code_version",
 )
 
 # Naive, free lunch, then the memory-saving options in the paper's order (ckpt off before on,
