@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ class Runner:
     environment: dict
     fingerprint: str
     options: EngineOptions
+    parity_references: dict[tuple, list[float]] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Runner:
@@ -72,7 +73,9 @@ class Runner:
     def parity(self, case: Case, steps: int) -> dict:
         from harness.checks import loss_parity
 
-        return loss_parity(case, store=self.store, options=self.options, steps=steps)
+        return loss_parity(
+            case, store=self.store, options=self.options, steps=steps, references=self.parity_references
+        )
 
     def measure(self, case: Case) -> Result:
         progress = self.options.progress

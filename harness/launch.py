@@ -26,6 +26,9 @@ from harness.env import ROOT
 # NVLink multicast (NVLS) can take a shared host's GPUs out of service; the suite never needs it.
 SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 TAIL_CHARS = 4000
+# Sent to every worker before a timed-out job is killed; the worker's faulthandler prints all stacks.
+STACK_DUMP_SIGNAL = signal.SIGUSR1
+STACK_DUMP_GRACE_S = 3.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -54,7 +57,19 @@ class JobOutcome:
         else:
             head = f"job exited with code {self.returncode}"
         error = last_error(self.output_tail)
-        return f"{head}{': ' + error if error else ''} (log: {self.job_dir / 'output.log'})"
+        doing = self.unfinished_try()
+        doing_text = f" while trying micro-batch {doing}" if doing is not None else ""
+        return f"{head}{doing_text}{': ' + error if error else ''} (log: {self.job_dir / 'output.log'})"
+
+    def unfinished_try(self) -> int | None:
+        """The probe micro-batch some rank started and did not finish, if the job ended mid-try."""
+        started: dict[int, int] = {}
+        for event in self.events:
+            if event.get("event") == "try":
+                started[event["rank"]] = event["micro_batch"]
+            elif event.get("event") in ("fit", "oom") and started.get(event["rank"]) == event["micro_batch"]:
+                del started[event["rank"]]
+        return max(started.values()) if started else None
 
 
 _EXCEPTION = re.compile(r"(?:^|[\s:])([A-Za-z_][\w.]*(?:Error|Exception): .*)$")
@@ -128,6 +143,7 @@ def run_job(
             proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             timed_out = True
+            _dump_stacks(job_dir, proc)
             _kill_group(proc)
     elapsed = time.monotonic() - started
     result_file = job_dir / "result.json"
@@ -146,6 +162,21 @@ def run_job(
 def _pythonpath() -> str:
     existing = os.environ.get("PYTHONPATH")
     return f"{ROOT}{os.pathsep}{existing}" if existing else str(ROOT)
+
+
+def _dump_stacks(job_dir: Path, proc: subprocess.Popen) -> None:
+    """Ask each worker that announced itself to print its Python stacks into the log, then wait briefly."""
+    pids = {e["pid"] for e in _read_events(job_dir) if e.get("event") == "start"}
+    for pid in pids:
+        try:
+            os.kill(pid, STACK_DUMP_SIGNAL)
+        except ProcessLookupError:
+            continue
+    if pids:
+        try:
+            proc.wait(timeout=STACK_DUMP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -12,6 +12,7 @@ collective it will never join, and torchrun then stops them, so the job ends ins
 
 from __future__ import annotations
 
+import faulthandler
 import importlib
 import json
 import os
@@ -28,6 +29,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from harness import faults, oom
 from harness.env import runtime_environment
+from harness.launch import STACK_DUMP_SIGNAL
 from harness.timing import Clock, StepRecorder, barrier, summarize
 
 OOM_EXIT = 75  # EX_TEMPFAIL: the launcher reads the OOM event rather than the exit code
@@ -93,6 +95,8 @@ class ProbeCallback(TrainerCallback):
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.current = self.ramp[state.global_step]
+        # Written before the step, so a job killed mid-try still says which micro-batch it was on.
+        write_event(self.events, {"event": "try", "micro_batch": self.current})
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
@@ -350,6 +354,10 @@ def main(argv: list[str] | None = None) -> None:
     job = json.loads(job_file.read_text())
     out = job_file.parent
     rank = int(os.environ.get("RANK", "0"))
+    # The launcher sends STACK_DUMP_SIGNAL before it kills a job that outlived its timeout: every
+    # thread's Python stack lands in output.log, so a hang says where it hung.
+    faulthandler.register(STACK_DUMP_SIGNAL, all_threads=True)
+    write_event(out / f"events-rank{rank}.jsonl", {"event": "start", "pid": os.getpid(), "mode": job["mode"]})
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     result = MODES[job["mode"]](job, out, rank)

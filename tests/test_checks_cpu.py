@@ -41,6 +41,23 @@ def test_free_lunch_and_checkpointing_match_naive_eager_losses(tmp_path, method)
     assert store.checks("parity")[0]["case_id"] == case.id
 
 
+def test_parity_reuses_the_naive_reference_of_earlier_cases(tmp_path):
+    case = Case(
+        model="tiny-vit",
+        gpu_type="cpu",
+        gpus_per_node=1,
+        method=Method(free_lunch=False, activation_checkpointing=True),
+    )
+    # Losses of an earlier run of the reference: far from this method's, so the record must fail.
+    references = {("tiny-vit-cpux1-naive", 1, 2, 3): [100.0, 100.0, 100.0]}
+    opts = options(tmp_path)
+    record = loss_parity(
+        case, store=ResultStore(tmp_path / "s"), options=opts, steps=3, references=references
+    )
+    assert record["reference_losses"] == [100.0, 100.0, 100.0] and not record["passed"]
+    assert not list(opts.work_dir.rglob("parity-reference"))
+
+
 def test_parity_of_a_case_that_cannot_run_here_says_why(tmp_path):
     case = Case(
         model="tiny-vit",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -99,6 +100,10 @@ def test_a_hung_rank_ends_at_the_timeout(tmp_path):
     assert result.status == "error"
     assert "timed out after" in result.reason
     assert time.monotonic() - started < 120
+    # Before the kill each worker printed its stacks: the hung rank is seen sleeping in the fault.
+    log = Path(re.search(r"\(log: (.+)\)$", result.reason).group(1)).read_text()
+    assert "Current thread" in log or "Thread 0x" in log
+    assert "faults.py" in log
 
 
 def test_accumulation_model_against_the_full_accumulation(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.launch import last_error, torchrun_command
+from harness.launch import JobOutcome, last_error, torchrun_command
 
 
 def test_one_node_uses_a_local_rendezvous_on_a_free_port():
@@ -40,3 +40,34 @@ def test_last_error_prefers_a_ranks_exception_over_the_peers_sigterm():
         == "Signal 9 (SIGKILL) received by PID 7"
     )
     assert last_error("all fine") == ""
+
+
+def test_a_timed_out_probe_names_the_micro_batch_it_was_trying():
+    events = [
+        {"event": "try", "micro_batch": 32, "rank": 0},
+        {"event": "fit", "micro_batch": 32, "rank": 0},
+        {"event": "try", "micro_batch": 64, "rank": 0},
+    ]
+    outcome = JobOutcome(
+        returncode=-9,
+        timed_out=True,
+        elapsed_s=301.0,
+        result=None,
+        events=events,
+        output_tail="",
+        job_dir=Path("jobs/x/probe"),
+    )
+    assert outcome.unfinished_try() == 64
+    assert outcome.failure().startswith(
+        "job timed out after 301 s and was killed while trying micro-batch 64"
+    )
+    finished = JobOutcome(
+        returncode=75,
+        timed_out=False,
+        elapsed_s=5.0,
+        result=None,
+        events=[*events, {"event": "oom", "micro_batch": 64, "rank": 0}],
+        output_tail="",
+        job_dir=Path("jobs/x/probe"),
+    )
+    assert finished.unfinished_try() is None
