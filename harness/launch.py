@@ -9,6 +9,7 @@ the job folder and their tail comes back with the outcome.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -173,10 +174,8 @@ def _dump_stacks(job_dir: Path, proc: subprocess.Popen) -> None:
         except ProcessLookupError:
             continue
     if pids:
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=STACK_DUMP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            pass
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
