@@ -117,6 +117,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="compare each free-lunch case's losses with naive eager on the same batches (parity.csv)",
     )
+    group.addoption(
+        "--checks-only",
+        action="store_true",
+        help="measure nothing: run --validate/--parity on the results already stored for this machine",
+    )
     group.addoption("--parity-steps", type=int, default=5, help="optimizer steps of a loss-parity run")
     group.addoption(
         "--jobs-dir",
@@ -133,6 +138,18 @@ def node_mismatch(case, node) -> str | None:
         if nodes < case.num_nodes:
             return f"case needs {case.num_nodes} nodes; this allocation has {nodes}"
     return node.mismatch(case.gpu_type, case.gpus_per_node)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Option combinations that cannot work end the run before anything is collected."""
+    if config.getoption("timed_steps", 5) < 5:
+        raise pytest.UsageError(
+            f"--timed-steps must be at least 5 (a median and spread), got {config.getoption('timed_steps')}"
+        )
+    if config.getoption("checks_only", False) and not (
+        config.getoption("validate") or config.getoption("parity")
+    ):
+        raise pytest.UsageError("--checks-only measures nothing: add --validate and/or --parity")
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -30,8 +30,6 @@ class Runner:
 
         environment = controller_environment(detect_node())
         timed = config.getoption("timed_steps")
-        if timed < 5:
-            raise pytest.UsageError(f"--timed-steps must be at least 5 (a median and spread), got {timed}")
         reporter = config.pluginmanager.get_plugin("terminalreporter")
 
         capture = config.pluginmanager.get_plugin("capturemanager")
@@ -76,6 +74,9 @@ class Runner:
         return loss_parity(
             case, store=self.store, options=self.options, steps=steps, references=self.parity_references
         )
+
+    def stored(self, case: Case) -> Result | None:
+        return self.store.latest_comparable(case.id, self.environment)
 
     def measure(self, case: Case) -> Result:
         progress = self.options.progress

@@ -7,11 +7,16 @@ import math
 import pytest
 
 from harness.cases import Case
+from harness.result import Result
 
 
 def test_case(case: Case, engine, record_property, benchmark, request) -> None:
     from reports.history import record_samples
 
+    config = request.config
+    if config.getoption("checks_only"):
+        _check(case, engine, record_property, config)
+        return
     result = engine.measure(case)
     record_property("pretrain_bench_result", result.to_dict())
     if result.status == "infeasible":
@@ -33,8 +38,15 @@ def test_case(case: Case, engine, record_property, benchmark, request) -> None:
             "mfu": result.mfu,
         },
     )
-    config = request.config
+    _check(case, engine, record_property, config, result)
+
+
+def _check(case: Case, engine, record_property, config: pytest.Config, result: Result | None = None) -> None:
+    """--validate and --parity: of the result just measured, or (--checks-only) of the stored one."""
     if config.getoption("validate"):
+        result = result or engine.stored(case)
+        if result is None:
+            pytest.skip(f"no stored result of {case.id} on this machine to validate")
         # The prediction error is reported (validation.csv), not asserted: it is a performance figure.
         record_property(
             "pretrain_bench_validation", engine.validate(result, config.getoption("validation_steps"))

@@ -72,6 +72,8 @@ def validate(
         "machine": machine(case, result),
         "micro_batch_size": result.micro_batch_size,
         "grad_acc_steps": result.grad_acc_steps,
+        # The prediction may come from an earlier version of this code (--checks-only).
+        "predicted_by": result.environment.get("code_version"),
     }
     store.append_check("validation", record)
     return record

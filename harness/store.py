@@ -70,6 +70,20 @@ class ResultStore:
         found = max(self._read(paths), key=lambda r: r.get("created", 0.0), default=None)
         return Result.from_dict(found) if found else None
 
+    def latest_comparable(self, case_id: str, environment: dict[str, Any]) -> Result | None:
+        """The newest usable result of a case measured on this machine's hardware and software stack,
+        whatever version of this code measured it: what checks of stored predictions start from."""
+        from harness.env import KEY_FIELDS
+
+        fields = [k for k in KEY_FIELDS if k != "code_version"]
+        found = [
+            r
+            for r in self._read(sorted((self.root / case_id).glob("*.json")))
+            if r.get("status") == "ok" and all(r["environment"].get(k) == environment.get(k) for k in fields)
+        ]
+        newest = max(found, key=lambda r: r.get("created", 0.0), default=None)
+        return Result.from_dict(newest) if newest else None
+
     def latest_per_case(self) -> dict[str, Result]:
         """The newest result of each case over all fingerprints (for reports merging several runs)."""
         newest: dict[str, Result] = {}

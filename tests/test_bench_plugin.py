@@ -94,6 +94,7 @@ def test_whole_matrix_collects_quickly_with_unique_sorted_ids(tmp_path):
         ("--gpus", "h10", "Unknown GPU type 'h10'. Did you mean: h100"),
         ("--methods", "everything", "Unknown method set 'everything'."),
         ("--gpu-counts", "0", "counts must be at least 1"),
+        ("--timed-steps", "3", "--timed-steps must be at least 5"),
     ],
 )
 def test_invalid_option_values_are_usage_errors(tmp_path, option, value, expected):
@@ -270,15 +271,35 @@ def test_cpu_profile_end_to_end_resumes_and_forces(tmp_path):
     assert sorted((tmp_path / "jobs" / CPU_ID).iterdir()) == jobs
     assert len(list((tmp_path / "report").iterdir())) == 2  # a report per session all the same
 
+    # --checks-only validates the stored prediction: one validation job, no new measurement.
+    checked = bench(tmp_path, *ONE_CPU_CASE, "--checks-only", "--validate", "--validation-steps", "3")
+    assert checked.returncode == 0, output(checked)[-4000:]
+    assert files_under(tmp_path / "results" / CPU_ID) == records
+    validation = json.loads(files_under(tmp_path / "results" / "_validation")[0].read_text())
+    assert validation["case_id"] == CPU_ID and validation["steps"] == 3
+    assert validation["predicted_step_s"] == json.loads(records[0].read_text())["step_time_s"]
+    attempts = sorted((tmp_path / "jobs" / CPU_ID).iterdir())
+    assert [p.name for p in attempts[-1].iterdir()] == ["validate"]
+
     # --force measures again and appends a record. A 2 s job timeout keeps this cheap: the record
     # is the new measurement's (a timeout), which the stored "ok" could not have produced.
     forced = bench(tmp_path, *ONE_CPU_CASE, "--force", "--job-timeout", "2")
     assert forced.returncode == 1, output(forced)[-4000:]
-    new = [p for p in files_under(tmp_path / "results") if p not in records]
+    new = [p for p in files_under(tmp_path / "results" / CPU_ID) if p not in records]
     assert len(new) == 1
     record = json.loads(new[0].read_text())
     assert record["status"] == "error" and re.search(r"timed out after \d+ s", record["reason"]), record
-    assert len(list((tmp_path / "jobs" / CPU_ID).iterdir())) == 2
+    assert len(list((tmp_path / "jobs" / CPU_ID).iterdir())) == 3
+
+
+def test_checks_only_needs_a_check_and_a_stored_result(tmp_path):
+    proc = bench(tmp_path, *ONE_CPU_CASE, "--checks-only")
+    assert proc.returncode == pytest.ExitCode.USAGE_ERROR, output(proc)[-2000:]
+    assert "add --validate and/or --parity" in proc.stderr
+    proc = bench(tmp_path, *ONE_CPU_CASE, "--checks-only", "--validate", "-rs")
+    assert proc.returncode == 0, output(proc)[-2000:]
+    assert skip_reasons(proc) == [f"no stored result of {CPU_ID} on this machine to validate"]
+    assert not (tmp_path / "jobs").exists()
 
 
 @pytest.fixture(scope="module")
