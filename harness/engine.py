@@ -157,10 +157,17 @@ def run_plan(
     steps: int,
     options: EngineOptions,
     job_dir: Path,
+    *,
+    training_overrides: dict[str, Any] | None = None,
     **extra: Any,
 ) -> JobOutcome:
-    """One worker job (`mode`) training `case` with its plan at this micro-batch and accumulation."""
+    """One worker job (`mode`) training `case` with its plan at this micro-batch and accumulation.
+
+    `training_overrides` replaces TrainingArguments fields of the plan (the loss-parity runs' schedule).
+    """
     plan = make_plan(case, micro_batch, grad_acc, max_steps=steps, output_dir=str(job_dir / "trainer"))
+    if training_overrides:
+        plan = replace(plan, training_args=plan.training_args | training_overrides)
     job = {
         "mode": mode,
         "plan": plan.to_dict(),
