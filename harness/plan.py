@@ -17,7 +17,12 @@ from harness.methods import DEEPSPEED_STAGES, FSDP_STRATEGIES
 # Optimizer classes by recipe name. The recipe's "adam" is torch's Adam (L2-style weight decay, as
 # the original code ran it), not AdamW.
 TORCH_OPTIMIZERS = {"adam": "torch.optim:Adam", "adamw": "torch.optim:AdamW"}
-DEEPSPEED_OPTIMIZERS = {"adam": ("Adam", False), "adamw": ("AdamW", True)}
+# Under DeepSpeed: its fused GPU Adam, or its CPU Adam when the optimizer states are offloaded (ZeRO
+# refuses other optimizers with offload), each with the keyword that switches decoupled (AdamW) decay.
+DEEPSPEED_OPTIMIZERS = {
+    False: ("deepspeed.ops.adam:FusedAdam", "adam_w_mode"),
+    True: ("deepspeed.ops.adam:DeepSpeedCPUAdam", "adamw_mode"),
+}
 
 
 class BatchNotDivisibleError(ValueError):
@@ -33,9 +38,9 @@ class Plan:
     use_kernels: bool  # Mamba's CUDA kernels (mamba-ssm, causal-conv1d)
     # Keyword arguments of transformers.TrainingArguments, JSON-ready (DeepSpeed dict and FSDP config inside).
     training_args: dict[str, Any] = field(hash=False)
-    # Optimizer class and its arguments when the Trainer builds it (None under DeepSpeed: the DeepSpeed
-    # config names the optimizer and its hyper-parameters).
-    optimizer: dict[str, Any] | None = field(hash=False)
+    # Optimizer class ("module:Class") and its keyword arguments; the Trainer builds it with its
+    # parameter groups (no decay for biases and norms) under every method, DeepSpeed included.
+    optimizer: dict[str, Any] = field(hash=False)
 
     @property
     def deepspeed(self) -> dict[str, Any] | None:
@@ -171,20 +176,22 @@ def make_plan(
         "disable_tqdm": True,
         "seed": seed,
     }
-    optimizer: dict[str, Any] | None = {
-        "target": TORCH_OPTIMIZERS[recipe.optimizer],
-        "kwargs": {
-            "lr": recipe.lr,
-            "betas": list(recipe.betas),
-            "eps": recipe.eps,
-            "weight_decay": recipe.weight_decay,
-            # One multi-tensor kernel per step instead of a loop over parameters.
-            **({"fused": True} if on_gpu else {}),
-        },
+    hyper: dict[str, Any] = {
+        "lr": recipe.lr,
+        "betas": list(recipe.betas),
+        "eps": recipe.eps,
+        "weight_decay": recipe.weight_decay,
     }
+    # fused: one multi-tensor kernel per step instead of a loop over parameters.
+    fused = {"fused": True} if on_gpu else {}
+    optimizer: dict[str, Any] = {"target": TORCH_OPTIMIZERS[recipe.optimizer], "kwargs": hyper | fused}
     if method.uses_deepspeed:
-        args["deepspeed"] = _deepspeed_config(method.sharding, method.offloading, recipe)
-        optimizer = None
+        args["deepspeed"] = _deepspeed_config(method.sharding, method.offloading)
+        # The Trainer builds DeepSpeed's optimizer too, not the DeepSpeed dict: from the dict DeepSpeed
+        # would put every parameter in one group and decay biases and norms, which the Trainer exempts
+        # under every other method.
+        ds_optimizer, decoupled = DEEPSPEED_OPTIMIZERS[method.offloading]
+        optimizer = {"target": ds_optimizer, "kwargs": hyper | {decoupled: recipe.optimizer == "adamw"}}
     if method.uses_fsdp:
         strategy = FSDP_STRATEGIES[method.sharding]
         args["fsdp"] = f"{strategy} auto_wrap" + (" offload" if method.offloading else "")
@@ -222,9 +229,8 @@ def _attention(spec: Any, free_lunch: bool, precision: str, on_gpu: bool) -> str
     return "sdpa"
 
 
-def _deepspeed_config(sharding: str, offloading: bool, recipe: Any) -> dict[str, Any]:
+def _deepspeed_config(sharding: str, offloading: bool) -> dict[str, Any]:
     stage = DEEPSPEED_STAGES[sharding]
-    ds_type, adam_w_mode = DEEPSPEED_OPTIMIZERS[recipe.optimizer]
     zero: dict[str, Any] = {"stage": stage, "overlap_comm": True, "contiguous_gradients": True}
     if offloading:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
@@ -232,17 +238,6 @@ def _deepspeed_config(sharding: str, offloading: bool, recipe: Any) -> dict[str,
             zero["offload_param"] = {"device": "cpu", "pin_memory": True}
     return {
         "zero_optimization": zero,
-        # Explicit values: "auto" would take the Trainer's defaults, not the recipe's.
-        "optimizer": {
-            "type": ds_type,
-            "params": {
-                "lr": recipe.lr,
-                "betas": list(recipe.betas),
-                "eps": recipe.eps,
-                "weight_decay": recipe.weight_decay,
-                "adam_w_mode": adam_w_mode,
-            },
-        },
         "bf16": {"enabled": "auto"},
         "fp16": {"enabled": "auto", "loss_scale": 0, "initial_scale_power": 16},
         "gradient_accumulation_steps": "auto",

@@ -62,29 +62,31 @@ def test_deepspeed_dict_has_the_stage_and_the_recipes_optimizer(sharding, stage,
     assert "fsdp" not in p.training_args and "fsdp_config" not in p.training_args
     zero = ds["zero_optimization"]
     assert zero["stage"] == stage
-    # Explicit values, never "auto": "auto" would take the Trainer's defaults, not the recipe's.
-    params = ds["optimizer"]["params"]
-    assert params == {
-        "lr": recipe.lr,
-        "betas": list(recipe.betas),
-        "eps": recipe.eps,
-        "weight_decay": recipe.weight_decay,
-        "adam_w_mode": recipe.optimizer == "adamw",
+    # The Trainer builds DeepSpeed's own optimizer with the recipe's values and its parameter groups;
+    # an "optimizer" in the dict would make DeepSpeed build one group that decays biases and norms.
+    assert "optimizer" not in ds
+    decoupled = "adamw_mode" if offload else "adam_w_mode"
+    assert p.optimizer == {
+        "target": "deepspeed.ops.adam:DeepSpeedCPUAdam" if offload else "deepspeed.ops.adam:FusedAdam",
+        "kwargs": {
+            "lr": recipe.lr,
+            "betas": list(recipe.betas),
+            "eps": recipe.eps,
+            "weight_decay": recipe.weight_decay,
+            decoupled: recipe.optimizer == "adamw",
+        },
     }
-    assert ds["optimizer"]["type"] == {"adam": "Adam", "adamw": "AdamW"}[recipe.optimizer]
     assert ("offload_optimizer" in zero) == offload
     assert ("offload_param" in zero) == (offload and stage == 3)
     if offload:
         assert zero["offload_optimizer"]["device"] == "cpu"
-    # DeepSpeed builds the optimizer from its own dict: the Trainer must not get one too.
-    assert p.optimizer is None
 
 
 def test_adam_recipes_are_l2_adam_and_adamw_recipes_decoupled_under_deepspeed():
     assert get_model("pythia-160m").recipe.optimizer == "adam"
     assert get_model("mamba").recipe.optimizer == get_model("convnext").recipe.optimizer == "adamw"
     mode = {
-        m: plan_for(case(m, sharding="zero2")).deepspeed["optimizer"]["params"]["adam_w_mode"]
+        m: plan_for(case(m, sharding="zero2")).optimizer["kwargs"]["adam_w_mode"]
         for m in ("pythia-160m", "roberta", "vit", "mamba", "convnext")
     }
     assert mode == {"pythia-160m": False, "roberta": False, "vit": False, "mamba": True, "convnext": True}
