@@ -86,7 +86,13 @@ def _measure(case: Case, *, environment: dict[str, Any], fingerprint: str, optio
     if options.probe == "always" or (options.probe == "auto" and case.gpu_type != "cpu"):
         _report(options, case, "probe")
         probe = _run(
-            case, "probe", {"micro_batches": candidates}, candidates[-1], 1, options, job_root / "probe"
+            case,
+            "probe",
+            {"micro_batches": candidates, "fingerprint": fingerprint},
+            candidates[-1],
+            1,
+            options,
+            job_root / "probe",
         )
         fits = _fitting(probe, case.num_gpus, candidates)
         base = replace(base, probe=[e for e in probe.events if e.get("event") in ("fit", "oom")])
@@ -107,7 +113,7 @@ def _measure(case: Case, *, environment: dict[str, Any], fingerprint: str, optio
         outcome = _run(
             case,
             "time",
-            {"target_grad_acc_steps": grad_acc},
+            {"target_grad_acc_steps": grad_acc, "fingerprint": fingerprint},
             micro_batch,
             measured,
             options,
@@ -146,7 +152,21 @@ def _run(
     plan = make_plan(case, micro_batch, grad_acc, max_steps=1, output_dir=str(job_dir / "trainer"))
     warmup = _warmup(case, options, plan.training_args)
     steps = warmup + options.timed_steps if mode == "time" else len(extra.get("micro_batches", [1]))
-    return run_plan(case, mode, micro_batch, grad_acc, steps, options, job_dir, warmup_steps=warmup, **extra)
+    # The same job of an earlier, interrupted attempt at this case, newest first: if it finished, its
+    # outcome stands (the job carries the environment fingerprint, so only this environment's count).
+    earlier = [] if options.force else sorted(job_dir.parent.parent.glob(f"*/{job_dir.name}"), reverse=True)
+    return run_plan(
+        case,
+        mode,
+        micro_batch,
+        grad_acc,
+        steps,
+        options,
+        job_dir,
+        warmup_steps=warmup,
+        reuse=[d for d in earlier if d != job_dir],
+        **extra,
+    )
 
 
 def run_plan(
@@ -159,6 +179,7 @@ def run_plan(
     job_dir: Path,
     *,
     training_overrides: dict[str, Any] | None = None,
+    reuse: list[Path] | tuple[Path, ...] = (),
     **extra: Any,
 ) -> JobOutcome:
     """One worker job (`mode`) training `case` with its plan at this micro-batch and accumulation.
@@ -181,6 +202,7 @@ def run_plan(
         job_dir=job_dir,
         timeout_s=options.timeout_s,
         env=options.env,
+        reuse=reuse,
     )
 
 

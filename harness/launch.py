@@ -30,6 +30,7 @@ TAIL_CHARS = 4000
 # Sent to every worker before a timed-out job is killed; the worker's faulthandler prints all stacks.
 STACK_DUMP_SIGNAL = signal.SIGUSR1
 STACK_DUMP_GRACE_S = 3.0
+OUTCOME_FILE = "outcome.json"  # how the job ended, written by the launcher once it has
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -120,9 +121,15 @@ def run_job(
     timeout_s: float,
     num_nodes: int = 1,
     env: dict[str, str] | None = None,
+    reuse: list[Path] | tuple[Path, ...] = (),
 ) -> JobOutcome:
+    """Run `job` in `job_dir`, or return the outcome of the same job that already finished in one of
+    the `reuse` folders (a run interrupted after the job ended loses nothing)."""
+    for earlier in reuse:
+        if (done := finished_outcome(job, earlier)) is not None:
+            return done
     job_dir.mkdir(parents=True, exist_ok=True)
-    for stale in [*job_dir.glob("events-rank*.jsonl"), job_dir / "result.json"]:
+    for stale in [*job_dir.glob("events-rank*.jsonl"), job_dir / "result.json", job_dir / OUTCOME_FILE]:
         stale.unlink(missing_ok=True)
     job_file = job_dir / "job.json"
     job_file.write_text(json.dumps(job, indent=1))
@@ -147,15 +154,43 @@ def run_job(
             _dump_stacks(job_dir, proc)
             _kill_group(proc)
     elapsed = time.monotonic() - started
+    ended = {"returncode": proc.returncode, "timed_out": timed_out, "elapsed_s": elapsed}
+    (job_dir / OUTCOME_FILE).write_text(json.dumps(ended))
+    return _load_outcome(job_dir, ended)
+
+
+def finished_outcome(job: dict[str, Any], job_dir: Path) -> JobOutcome | None:
+    """The outcome of `job` if `job_dir` holds the same job, ended with a verdict: a result, or an
+    out-of-memory event. Crashes and timeouts say nothing about the case and are run again."""
+    try:
+        ended = json.loads((job_dir / OUTCOME_FILE).read_text())
+        earlier = json.loads((job_dir / "job.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if ended["timed_out"] or _comparable(earlier) != _comparable(job):
+        return None
+    outcome = _load_outcome(job_dir, ended)
+    return outcome if outcome.ok or outcome.oom_events() else None
+
+
+def _comparable(job: dict[str, Any]) -> dict[str, Any]:
+    """A job without the folder it ran in (the trainer's output_dir lies inside it)."""
+    plan = job.get("plan", {})
+    args = {k: v for k, v in plan.get("training_args", {}).items() if k != "output_dir"}
+    return job | {"plan": plan | {"training_args": args}}
+
+
+def _load_outcome(job_dir: Path, ended: dict[str, Any]) -> JobOutcome:
     result_file = job_dir / "result.json"
+    timed_out = ended["timed_out"]
     result = json.loads(result_file.read_text()) if result_file.exists() and not timed_out else None
     return JobOutcome(
-        returncode=proc.returncode,
+        returncode=ended["returncode"],
         timed_out=timed_out,
-        elapsed_s=elapsed,
+        elapsed_s=ended["elapsed_s"],
         result=result,
         events=_read_events(job_dir),
-        output_tail=_tail(log_path),
+        output_tail=_tail(job_dir / "output.log"),
         job_dir=job_dir,
     )
 

@@ -147,6 +147,31 @@ def test_store_resumes_skips_corrupt_and_forces(tmp_path):
     assert len(records) == 3 and all(json.loads(p.read_text()) for p in records if "broken" not in p.name)
 
 
+def test_jobs_that_finished_before_an_interruption_are_not_run_again(tmp_path):
+    case = Case(model="tiny-vit", gpu_type="cpu", gpus_per_node=1, method=NAIVE)
+    opts = EngineOptions(work_dir=tmp_path / "jobs", timeout_s=240, max_micro_batch=2, probe="always")
+
+    def measure(store: str, fingerprint: str):
+        return measure_case(
+            case, store=ResultStore(tmp_path / store), environment={}, fingerprint=fingerprint, options=opts
+        )
+
+    first = measure("a", "fp1")
+    assert first.status == "ok", first.reason
+    attempts = sorted((tmp_path / "jobs" / case.id).iterdir())
+    assert [p.name for p in sorted(attempts[0].iterdir())] == ["probe", "time-mb2"]
+    # The controller was stopped after the jobs ended and before it stored the result: a new store,
+    # the same job folders. Both jobs' outcomes stand; nothing runs.
+    again = measure("b", "fp1")
+    assert again.status == "ok" and again.timing == first.timing and again.probe == first.probe
+    assert sorted((tmp_path / "jobs" / case.id).iterdir()) == attempts
+    # Another environment's jobs are not this one's.
+    time.sleep(1.1)  # attempt folders are named to the second
+    other = measure("c", "fp2")
+    assert other.status == "ok" and other.timing != first.timing
+    assert len(list((tmp_path / "jobs" / case.id).iterdir())) == len(attempts) + 1
+
+
 def test_parameter_table_matches_the_models():
     from harness.param_counts import PARAMETERS
     from models import MODELS
