@@ -85,17 +85,8 @@ def _measure(case: Case, *, environment: dict[str, Any], fingerprint: str, optio
 
     if options.probe == "always" or (options.probe == "auto" and case.gpu_type != "cpu"):
         _report(options, case, "probe")
-        probe = _run(
-            case,
-            "probe",
-            {"micro_batches": candidates, "fingerprint": fingerprint},
-            candidates[-1],
-            1,
-            options,
-            job_root / "probe",
-        )
-        fits = _fitting(probe, case.num_gpus, candidates)
-        base = replace(base, probe=[e for e in probe.events if e.get("event") in ("fit", "oom")])
+        probe, fits, events = _probe(case, candidates, fingerprint, options, job_root)
+        base = replace(base, probe=events)
         ooms = probe.oom_events()
         if not probe.ok and not ooms:
             return replace(base, reason=f"probe failed: {probe.failure()}", log_tail=probe.output_tail)
@@ -204,6 +195,32 @@ def run_plan(
         env=options.env,
         reuse=reuse,
     )
+
+
+def _probe(
+    case: Case, candidates: list[int], fingerprint: str, options: EngineOptions, job_root: Path
+) -> tuple[JobOutcome, list[int], list[dict[str, Any]]]:
+    """The probe job(s): the outcome that decides, the micro-batches that fit, the fit/OOM events.
+
+    Micro-batch 1 is tried only when 2 does not fit: whatever fits at 2 fits at 1, and a compiled
+    model starting at 1 pays for a second compilation (sizes 0 and 1 always get a graph of their own).
+    """
+    implied = len(candidates) > 1 and candidates[0] == 1
+    ramp = candidates[1:] if implied else candidates
+
+    def run(sizes: list[int], name: str) -> tuple[JobOutcome, list[int], list[dict[str, Any]]]:
+        extra = {"micro_batches": sizes, "fingerprint": fingerprint}
+        outcome = _run(case, "probe", extra, sizes[-1], 1, options, job_root / name)
+        events = [e for e in outcome.events if e.get("event") in ("fit", "oom")]
+        return outcome, _fitting(outcome, case.num_gpus, sizes), events
+
+    probe, fits, events = run(ramp, "probe")
+    if not implied or not (fits or probe.oom_events()):
+        return probe, fits, events
+    if fits:
+        return probe, [1, *fits], [{"event": "fit", "micro_batch": 1, "implied_by": fits[0]}, *events]
+    single, fits, more = run([1], "probe-mb1")
+    return single, fits, events + more
 
 
 def _fitting(probe: JobOutcome, world: int, candidates: list[int]) -> list[int]:

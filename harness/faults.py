@@ -1,7 +1,8 @@
 """Injected faults, so that tests can prove each failure ends in the right verdict.
 
 PRETRAIN_BENCH_FAULT="KIND:rank=R[:mb=M][:step=S]" with KIND one of
-  oom   raise torch.OutOfMemoryError on rank R (at micro-batch size M / optimizer step S)
+  oom   raise torch.OutOfMemoryError on rank R (at micro-batch sizes M and above, as memory grows
+        with the batch / at optimizer step S)
   kill  SIGKILL rank R mid-job
   hang  rank R sleeps forever (the job's timeout must end it)
   crash rank R raises a RuntimeError
@@ -27,7 +28,13 @@ class Fault:
     step: int | None = None
 
     def due(self, *, rank: int, micro_batch: int, step: int) -> bool:
-        return rank == self.rank and self.micro_batch in (None, micro_batch) and self.step in (None, step)
+        if self.micro_batch is None:
+            size_matches = True
+        elif self.kind == "oom":
+            size_matches = micro_batch >= self.micro_batch
+        else:
+            size_matches = micro_batch == self.micro_batch
+        return rank == self.rank and size_matches and self.step in (None, step)
 
 
 def parse(text: str | None) -> Fault | None:

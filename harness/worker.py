@@ -72,6 +72,18 @@ class MeasuredTrainer(Trainer):
             self.recorder.last_loss = loss.detach()
         return loss
 
+    def _prepare_inputs(self, inputs):
+        inputs = super()._prepare_inputs(inputs)
+        if self.ramp is not None and len(set(self.ramp)) > 1:
+            # The probe's batch size changes every step: compile for a symbolic batch dimension at once
+            # instead of a static graph for the first size and a recompilation at the second (about a
+            # minute per compiled model on a GPU). Marked here, on the tensors the model receives (the
+            # move to the device makes new ones); `maybe_`: a model that needs a fixed size still runs.
+            for tensor in inputs.values():
+                if isinstance(tensor, torch.Tensor):
+                    torch._dynamo.maybe_mark_dynamic(tensor, 0)
+        return inputs
+
     def get_train_dataloader(self) -> DataLoader:
         if self.ramp is None:
             return super().get_train_dataloader()
@@ -239,7 +251,7 @@ def run_probe(job: dict[str, Any], out: Path, rank: int) -> dict[str, Any]:
             raise
         write_event(events, {"event": "oom", "micro_batch": probe_cb.current, **oom.describe(error)})
         _exit_now(OOM_EXIT)
-    return {"mode": "probe", "fits": ramp}
+    return {"mode": "probe", "fits": ramp, "compiled_graphs": _compiled_graphs()}
 
 
 def run_timing(job: dict[str, Any], out: Path, rank: int) -> dict[str, Any]:
@@ -329,6 +341,13 @@ def _max_over_ranks(value: float) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return float(t.item())
+
+
+def _compiled_graphs() -> int:
+    """Graphs torch.compile built in this process (recompilations included)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
 
 
 def _device() -> torch.device:

@@ -73,6 +73,34 @@ def test_oom_on_one_rank_only_is_agreed_and_the_probe_steps_down(tmp_path):
     assert result.micro_batch_size == 1
     ooms = [e for e in result.probe if e["event"] == "oom"]
     assert [(e["rank"], e["micro_batch"]) for e in ooms] == [(1, 2)]
+    # Micro-batch 1 is tried on its own only because 2 did not fit.
+    fits = [(e["rank"], e["micro_batch"]) for e in result.probe if e["event"] == "fit"]
+    assert sorted(fits) == [(0, 1), (1, 1)]
+    attempt = next((tmp_path / "jobs" / case.id).iterdir())
+    assert sorted(p.name for p in attempt.iterdir()) == ["probe", "probe-mb1", "time-mb1"]
+
+
+@pytest.mark.slow
+def test_a_compiled_probe_compiles_one_graph_for_every_size(tmp_path):
+    from harness.methods import FREE_LUNCH
+
+    case = Case(model="pythia-14m", gpu_type="cpu", gpus_per_node=1, method=FREE_LUNCH)
+    result = run(tmp_path, case, probe="always", max_micro_batch=4)
+    assert result.status == "ok", result.reason
+    probe = json.loads(next((tmp_path / "jobs" / case.id).glob("*/probe/result.json")).read_text())
+    assert probe["fits"] == [2, 4]
+    assert probe["compiled_graphs"] == 1  # no recompilation when the size changed from 2 to 4
+
+
+def test_micro_batch_1_is_implied_when_2_fits(tmp_path):
+    case = Case(model="pythia-14m", gpu_type="cpu", gpus_per_node=1, method=NAIVE)
+    result = run(tmp_path, case, probe="always", max_micro_batch=4)
+    assert result.status == "ok", result.reason
+    assert result.micro_batch_size == 4
+    tried = [e["micro_batch"] for e in result.probe if e["event"] == "fit" and "implied_by" not in e]
+    assert tried == [2, 4]
+    implied = [e for e in result.probe if "implied_by" in e]
+    assert implied == [{"event": "fit", "micro_batch": 1, "implied_by": 2}]
 
 
 def test_oom_at_the_smallest_micro_batch_is_infeasible_with_its_reason(tmp_path):
