@@ -201,8 +201,10 @@ def _pythonpath() -> str:
 
 
 def _dump_stacks(job_dir: Path, proc: subprocess.Popen) -> None:
-    """Ask each worker that announced itself to print its Python stacks into the log, then wait briefly."""
-    pids = {e["pid"] for e in _read_events(job_dir) if e.get("event") == "start"}
+    """Ask each worker of this host that announced itself to print its Python stacks into the log,
+    then wait briefly. (Other nodes' pids name other processes here: they are left alone.)"""
+    host = socket.gethostname()
+    pids = {e["pid"] for e in _read_events(job_dir) if e.get("event") == "start" and e.get("host") == host}
     for pid in pids:
         try:
             os.kill(pid, STACK_DUMP_SIGNAL)

@@ -17,6 +17,7 @@ import importlib
 import json
 import os
 import re
+import socket
 import sys
 import time
 from pathlib import Path
@@ -376,7 +377,8 @@ def main(argv: list[str] | None = None) -> None:
     # The launcher sends STACK_DUMP_SIGNAL before it kills a job that outlived its timeout: every
     # thread's Python stack lands in output.log, so a hang says where it hung.
     faulthandler.register(STACK_DUMP_SIGNAL, all_threads=True)
-    write_event(out / f"events-rank{rank}.jsonl", {"event": "start", "pid": os.getpid(), "mode": job["mode"]})
+    started = {"event": "start", "pid": os.getpid(), "host": socket.gethostname(), "mode": job["mode"]}
+    write_event(out / f"events-rank{rank}.jsonl", started)
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     result = MODES[job["mode"]](job, out, rank)
