@@ -174,7 +174,9 @@ def finished_outcome(job: dict[str, Any], job_dir: Path) -> JobOutcome | None:
 
 
 def _comparable(job: dict[str, Any]) -> dict[str, Any]:
-    """A job without the folder it ran in (the trainer's output_dir lies inside it)."""
+    """A job without the folder it ran in (the trainer's output_dir lies inside it), as JSON reads it
+    back (tuples become lists), so that a job and its job.json compare equal."""
+    job = json.loads(json.dumps(job))
     plan = job.get("plan", {})
     args = {k: v for k, v in plan.get("training_args", {}).items() if k != "output_dir"}
     return job | {"plan": plan | {"training_args": args}}

@@ -71,3 +71,24 @@ def test_a_timed_out_probe_names_the_micro_batch_it_was_trying():
         job_dir=Path("jobs/x/probe"),
     )
     assert finished.unfinished_try() is None
+
+
+def test_a_job_compares_equal_to_its_job_json_from_another_folder(tmp_path):
+    import json
+
+    from harness.launch import OUTCOME_FILE, finished_outcome
+
+    job = {"mode": "time", "plan": {"training_args": {"output_dir": "a/trainer", "betas": (0.9, 0.95)}}}
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "job.json").write_text(
+        json.dumps(job | {"plan": {"training_args": {"output_dir": "b/trainer", "betas": [0.9, 0.95]}}})
+    )
+    (earlier / "result.json").write_text(json.dumps({"step_time_s": 1.0}))
+    (earlier / "output.log").write_text("")
+    (earlier / OUTCOME_FILE).write_text(json.dumps({"returncode": 0, "timed_out": False, "elapsed_s": 3.0}))
+    done = finished_outcome(job, earlier)
+    assert done is not None and done.ok and done.result == {"step_time_s": 1.0}
+    assert finished_outcome(job | {"mode": "probe"}, earlier) is None  # another job
+    (earlier / OUTCOME_FILE).write_text(json.dumps({"returncode": -9, "timed_out": True, "elapsed_s": 9.0}))
+    assert finished_outcome(job, earlier) is None  # a timeout says nothing: run it again
