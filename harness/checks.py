@@ -63,6 +63,8 @@ def validate(
         job_dir,
         warmup_steps=VALIDATION_WARMUP,
         timed_steps=steps,
+        # The exported setting that was timed, not what this version of the code would plan now.
+        stored_plan=result.plan,
     )
     if not outcome.ok or outcome.result is None:
         raise RuntimeError(f"validation of {case.id} failed: {outcome.failure()}\n{outcome.output_tail}")

@@ -5,6 +5,7 @@ Both phases are real distributed jobs (harness.launch) running the real Trainer 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -43,6 +44,9 @@ class EngineOptions:
     timeout_s: float = 1800.0
     work_dir: Path = Path("runs") / "jobs"
     force: bool = False  # rerun even if the store holds a result for this case and environment
+    # Take the verdict of a probe/timing job that finished in an earlier attempt that stored nothing
+    # (an interrupted run). Off when the earlier attempt stored an error: its jobs made that error.
+    reuse_finished_jobs: bool = True
     progress: Progress | None = field(default=None, compare=False)
     env: dict[str, str] = field(default_factory=dict, hash=False)  # extra job environment (faults in tests)
 
@@ -59,12 +63,11 @@ def measure_case(
 
     A stored error (a crash, a hang, a sanity gate) is measured again: it says nothing about the case.
     """
-    if (
-        not options.force
-        and (done := store.latest(case.id, fingerprint)) is not None
-        and done.status != "error"
-    ):
+    done = None if options.force else store.latest(case.id, fingerprint)
+    if done is not None and done.status != "error":
         return done
+    if done is not None:
+        options = replace(options, reuse_finished_jobs=False)
     result = _measure(case, environment=environment, fingerprint=fingerprint, options=options)
     store.append(result)
     return result
@@ -145,7 +148,11 @@ def _run(
     steps = warmup + options.timed_steps if mode == "time" else len(extra.get("micro_batches", [1]))
     # The same job of an earlier, interrupted attempt at this case, newest first: if it finished, its
     # outcome stands (the job carries the environment fingerprint, so only this environment's count).
-    earlier = [] if options.force else sorted(job_dir.parent.parent.glob(f"*/{job_dir.name}"), reverse=True)
+    earlier = (
+        sorted(job_dir.parent.parent.glob(f"*/{job_dir.name}"), reverse=True)
+        if options.reuse_finished_jobs and not options.force
+        else []
+    )
     return run_plan(
         case,
         mode,
@@ -170,19 +177,25 @@ def run_plan(
     job_dir: Path,
     *,
     training_overrides: dict[str, Any] | None = None,
+    stored_plan: dict[str, Any] | None = None,
     reuse: list[Path] | tuple[Path, ...] = (),
     **extra: Any,
 ) -> JobOutcome:
     """One worker job (`mode`) training `case` with its plan at this micro-batch and accumulation.
 
-    `training_overrides` replaces TrainingArguments fields of the plan (the loss-parity runs' schedule).
+    `stored_plan`: train a result's recorded plan (its steps and folder replaced) instead of planning
+    anew. `training_overrides` replaces TrainingArguments fields (the loss-parity runs' schedule).
     """
-    plan = make_plan(case, micro_batch, grad_acc, max_steps=steps, output_dir=str(job_dir / "trainer"))
-    if training_overrides:
-        plan = replace(plan, training_args=plan.training_args | training_overrides)
+    if stored_plan is not None:
+        plan = json.loads(json.dumps(stored_plan))
+        assert plan["micro_batch_size"] == micro_batch and plan["grad_acc_steps"] == grad_acc
+    else:
+        plan = make_plan(case, micro_batch, grad_acc).to_dict()
+    plan["training_args"] |= {"max_steps": steps, "output_dir": str(job_dir / "trainer")}
+    plan["training_args"] |= training_overrides or {}
     job = {
         "mode": mode,
-        "plan": plan.to_dict(),
+        "plan": plan,
         "device": "cpu" if case.gpu_type == "cpu" else "cuda",
         **extra,
     }

@@ -206,15 +206,27 @@ def _dump_stacks(job_dir: Path, proc: subprocess.Popen) -> None:
     """Ask each worker of this host that announced itself to print its Python stacks into the log,
     then wait briefly. (Other nodes' pids name other processes here: they are left alone.)"""
     host = socket.gethostname()
-    pids = {e["pid"] for e in _read_events(job_dir) if e.get("event") == "start" and e.get("host") == host}
+    starts = [e for e in _read_events(job_dir) if e.get("event") == "start"]
+    announced = {e["pid"] for e in starts if e.get("host") == host}
+    # Only torchrun's own children: a worker that already exited may have left its pid to another
+    # process, which the signal (terminating by default) must not reach.
+    pids = [pid for pid in announced if _parent_pid(pid) == proc.pid]
     for pid in pids:
-        try:
+        with contextlib.suppress(OSError):  # it may exit between the check and the signal
             os.kill(pid, STACK_DUMP_SIGNAL)
-        except ProcessLookupError:
-            continue
     if pids:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=STACK_DUMP_GRACE_S)
+
+
+def _parent_pid(pid: int) -> int | None:
+    """The parent of a live process (Linux /proc), or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # "pid (command) state ppid ...": the command may hold spaces and parentheses.
+    return int(stat.rsplit(")", 1)[1].split()[1])
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

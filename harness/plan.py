@@ -238,6 +238,9 @@ def _deepspeed_config(sharding: str, offloading: bool) -> dict[str, Any]:
             zero["offload_param"] = {"device": "cpu", "pin_memory": True}
     return {
         "zero_optimization": zero,
+        # The plan's optimizer already is DeepSpeedCPUAdam under offload; left forced, accelerate
+        # would rebuild it from torch class names and turn an AdamW recipe's decoupled decay into L2.
+        **({"zero_force_ds_cpu_optimizer": False} if offloading else {}),
         "bf16": {"enabled": "auto"},
         "fp16": {"enabled": "auto", "loss_scale": 0, "initial_scale_power": 16},
         "gradient_accumulation_steps": "auto",

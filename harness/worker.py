@@ -236,7 +236,16 @@ def optimizer_settings(trainer: Trainer) -> dict[str, Any]:
         }
         for g in inner.param_groups
     ]
-    return {"class": type(inner).__name__, "module": type(inner).__module__, "param_groups": groups}
+    # DeepSpeed's Adams carry the switch as an attribute; torch's Adam/AdamW in their defaults.
+    decoupled = getattr(inner, "adam_w_mode", None)
+    if decoupled is None:
+        decoupled = inner.defaults.get("decoupled_weight_decay", isinstance(inner, torch.optim.AdamW))
+    return {
+        "class": type(inner).__name__,
+        "module": type(inner).__module__,
+        "decoupled_weight_decay": bool(decoupled),
+        "param_groups": groups,
+    }
 
 
 def run_probe(job: dict[str, Any], out: Path, rank: int) -> dict[str, Any]:

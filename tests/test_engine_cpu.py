@@ -41,7 +41,7 @@ def test_ddp_two_processes_timed_through_the_trainer(tmp_path):
     assert all(x > 0 for x in timing["micro_samples_s"])
     # The recipe's hyper-parameters reached the optimizer the Trainer built.
     recipe = get_model("pythia-14m").recipe
-    assert result.optimizer["class"] == "Adam"
+    assert result.optimizer["class"] == "Adam" and result.optimizer["decoupled_weight_decay"] is False
     group = result.optimizer["param_groups"][0]
     assert group["initial_lr"] == pytest.approx(recipe.lr)
     assert tuple(group["betas"]) == pytest.approx(recipe.betas) and group["eps"] == pytest.approx(recipe.eps)
@@ -198,6 +198,16 @@ def test_jobs_that_finished_before_an_interruption_are_not_run_again(tmp_path):
     other = measure("c", "fp2")
     assert other.status == "ok" and other.timing != first.timing
     assert len(list((tmp_path / "jobs" / case.id).iterdir())) == len(attempts) + 1
+    # An attempt that stored an error (a sanity gate, say) made it with its jobs: measured afresh.
+    from harness.result import Result
+
+    ResultStore(tmp_path / "d").append(
+        Result(case=case, status="error", environment={}, fingerprint="fp1", reason="sanity gate: MFU 1.2")
+    )
+    time.sleep(1.1)
+    fresh = measure("d", "fp1")
+    assert fresh.status == "ok" and fresh.timing != first.timing
+    assert len(list((tmp_path / "jobs" / case.id).iterdir())) == len(attempts) + 2
 
 
 def test_parameter_table_matches_the_models():

@@ -80,6 +80,8 @@ def test_deepspeed_dict_has_the_stage_and_the_recipes_optimizer(sharding, stage,
     assert ("offload_param" in zero) == (offload and stage == 3)
     if offload:
         assert zero["offload_optimizer"]["device"] == "cpu"
+    # Under offload accelerate must keep the plan's DeepSpeedCPUAdam (rebuilding it drops AdamW mode).
+    assert ds.get("zero_force_ds_cpu_optimizer", True) is not offload
 
 
 def test_adam_recipes_are_l2_adam_and_adamw_recipes_decoupled_under_deepspeed():
