@@ -148,6 +148,9 @@ def loss_parity(
                 f"loss parity run of {which.id} failed: {outcome.failure()}\n{outcome.output_tail}"
             )
         losses[which.id] = outcome.result["losses"]
+        gpu = outcome.result.get("environment", {}).get("gpu_name")
+        if which is case and gpu not in (None, "cpu"):
+            record["machine"] = f"{gpu} x{case.num_gpus}"  # the card's name, as validation.csv has it
     references[key] = losses[reference.id]
     ours, theirs = losses[case.id], losses[reference.id]
     diffs = [abs(a - b) / abs(b) for a, b in zip(ours, theirs, strict=True)]
