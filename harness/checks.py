@@ -37,11 +37,11 @@ VALIDATION_WARMUP = 3
 PARITY_SCHEDULE = {"lr_scheduler_type": "constant", "lr_scheduler_kwargs": {}, "warmup_steps": 0}
 
 
-def machine(case: Case, result: Result | None = None) -> str:
+def machine(case: Case, gpu_name: str | None = None) -> str:
+    """'NVIDIA H100 80GB HBM3 x1': the card's name as the run reported it, else the case's GPU type."""
     if case.gpu_type == "cpu":
         return f"cpu x{case.num_gpus}"
-    gpu = (result.environment.get("gpu_name") if result else None) or case.gpu_type
-    return f"{gpu} x{case.num_gpus}"
+    return f"{gpu_name or case.gpu_type} x{case.num_gpus}"
 
 
 def validate(
@@ -64,7 +64,7 @@ def validate(
         warmup_steps=VALIDATION_WARMUP,
         timed_steps=steps,
         # The exported setting that was timed, not what this version of the code would plan now.
-        stored_plan=result.plan,
+        plan=result.plan,
     )
     if not outcome.ok or outcome.result is None:
         raise RuntimeError(f"validation of {case.id} failed: {outcome.failure()}\n{outcome.output_tail}")
@@ -76,7 +76,7 @@ def validate(
         "error_pct": 100.0 * (result.step_time_s - measured) / measured,
         "steps": steps,
         "warmup_steps": VALIDATION_WARMUP,
-        "machine": machine(case, result),
+        "machine": machine(case, result.environment.get("gpu_name")),
         "micro_batch_size": result.micro_batch_size,
         "grad_acc_steps": result.grad_acc_steps,
         # The prediction may come from an earlier version of this code (--checks-only).
@@ -148,9 +148,8 @@ def loss_parity(
                 f"loss parity run of {which.id} failed: {outcome.failure()}\n{outcome.output_tail}"
             )
         losses[which.id] = outcome.result["losses"]
-        gpu = outcome.result.get("environment", {}).get("gpu_name")
-        if which is case and gpu not in (None, "cpu"):
-            record["machine"] = f"{gpu} x{case.num_gpus}"  # the card's name, as validation.csv has it
+        if which is case:
+            record["machine"] = machine(case, outcome.result.get("environment", {}).get("gpu_name"))
     references[key] = losses[reference.id]
     ours, theirs = losses[case.id], losses[reference.id]
     diffs = [abs(a - b) / abs(b) for a, b in zip(ours, theirs, strict=True)]

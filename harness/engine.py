@@ -128,7 +128,7 @@ def _measure(case: Case, *, environment: dict[str, Any], fingerprint: str, optio
     return replace(base, status="infeasible", reason="; ".join(timing_ooms))
 
 
-def _warmup(case: Case, options: EngineOptions, plan_args: dict[str, Any]) -> int:
+def _warmup(options: EngineOptions, plan_args: dict[str, Any]) -> int:
     if options.warmup_steps is not None:
         return options.warmup_steps
     return 3 if plan_args.get("torch_compile") else 2
@@ -143,8 +143,8 @@ def _run(
     options: EngineOptions,
     job_dir: Path,
 ) -> JobOutcome:
-    plan = make_plan(case, micro_batch, grad_acc, max_steps=1, output_dir=str(job_dir / "trainer"))
-    warmup = _warmup(case, options, plan.training_args)
+    plan = make_plan(case, micro_batch, grad_acc).to_dict()
+    warmup = _warmup(options, plan["training_args"])
     steps = warmup + options.timed_steps if mode == "time" else len(extra.get("micro_batches", [1]))
     # The same job of an earlier, interrupted attempt at this case, newest first: if it finished, its
     # outcome stands (the job carries the environment fingerprint, so only this environment's count).
@@ -161,6 +161,7 @@ def _run(
         steps,
         options,
         job_dir,
+        plan=plan,
         warmup_steps=warmup,
         reuse=[d for d in earlier if d != job_dir],
         **extra,
@@ -177,20 +178,20 @@ def run_plan(
     job_dir: Path,
     *,
     training_overrides: dict[str, Any] | None = None,
-    stored_plan: dict[str, Any] | None = None,
+    plan: dict[str, Any] | None = None,
     reuse: list[Path] | tuple[Path, ...] = (),
     **extra: Any,
 ) -> JobOutcome:
     """One worker job (`mode`) training `case` with its plan at this micro-batch and accumulation.
 
-    `stored_plan`: train a result's recorded plan (its steps and folder replaced) instead of planning
-    anew. `training_overrides` replaces TrainingArguments fields (the loss-parity runs' schedule).
+    `plan`: the plan to train (one made already, or a result's recorded one) instead of planning anew;
+    its steps and folder are replaced. `training_overrides` replaces TrainingArguments fields (the
+    loss-parity runs' schedule).
     """
-    if stored_plan is not None:
-        plan = json.loads(json.dumps(stored_plan))
-        assert plan["micro_batch_size"] == micro_batch and plan["grad_acc_steps"] == grad_acc
-    else:
+    if plan is None:
         plan = make_plan(case, micro_batch, grad_acc).to_dict()
+    plan = json.loads(json.dumps(plan))  # a copy: the caller's plan (a stored result's) stays as it is
+    assert plan["micro_batch_size"] == micro_batch and plan["grad_acc_steps"] == grad_acc
     plan["training_args"] |= {"max_steps": steps, "output_dir": str(job_dir / "trainer")}
     plan["training_args"] |= training_overrides or {}
     job = {
