@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from report_plugin_runs import run
 
 from harness.store import ResultStore
 from reports import checks
@@ -291,21 +292,6 @@ def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytes
     monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the subprocess imports harness and reports
     pytester.makepyfile(test_checks=TEST_MODULE)
     return pytester
-
-
-def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return pytester.runpytest_subprocess(
-        "-p",
-        "reports.plugin",
-        "-p",
-        "no:cacheprovider",
-        "--report-dir",
-        str(pytester.path / "report"),
-        "--results-dir",
-        str(pytester.path / "results"),
-        *args,
-        timeout=120,
-    )
 
 
 def run_folder(pytester: pytest.Pytester) -> Path:

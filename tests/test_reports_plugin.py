@@ -7,6 +7,7 @@ import csv
 from pathlib import Path
 
 import pytest
+from report_plugin_runs import run
 
 from harness.cases import Case
 from harness.methods import FREE_LUNCH, NAIVE
@@ -82,21 +83,6 @@ def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytes
     pytester.makepyfile(test_cases=TEST_MODULE)
     pytester.makeconftest(CONFTEST)
     return pytester
-
-
-def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return pytester.runpytest_subprocess(
-        "-p",
-        "reports.plugin",
-        "-p",
-        "no:cacheprovider",
-        "--report-dir",
-        str(pytester.path / "report"),
-        "--results-dir",
-        str(pytester.path / "results"),
-        *args,
-        timeout=120,
-    )
 
 
 def report_rows(pytester: pytest.Pytester) -> list[dict[str, str]]:
