@@ -69,6 +69,8 @@ def validate(
     if not outcome.ok or outcome.result is None:
         raise RuntimeError(f"validation of {case.id} failed: {outcome.failure()}\n{outcome.output_tail}")
     measured = outcome.result["window_step_s"]
+    predicted_on = result.environment.get("worker", {}).get("boot_id")
+    validated_on = outcome.result.get("environment", {}).get("boot_id")
     record = {
         "case_id": case.id,
         "predicted_step_s": result.step_time_s,
@@ -81,6 +83,9 @@ def validate(
         "grad_acc_steps": result.grad_acc_steps,
         # The prediction may come from an earlier version of this code (--checks-only).
         "predicted_by": result.environment.get("code_version"),
+        # None when the prediction predates the record of the machine instance.
+        "same_instance": None if predicted_on is None else predicted_on == validated_on,
+        "cpu": outcome.result.get("environment", {}).get("cpu"),
     }
     store.append_check("validation", record)
     return record
@@ -150,6 +155,8 @@ def loss_parity(
         losses[which.id] = outcome.result["losses"]
         if which is case:
             record["machine"] = machine(case, outcome.result.get("environment", {}).get("gpu_name"))
+            record["optimizer"] = outcome.result.get("optimizer")
+            record["wrapped_model"] = outcome.result.get("wrapped_model")
     references[key] = losses[reference.id]
     ours, theirs = losses[case.id], losses[reference.id]
     diffs = [abs(a - b) / abs(b) for a, b in zip(ours, theirs, strict=True)]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import os
 import platform
 from functools import cache
 from pathlib import Path
@@ -62,8 +63,32 @@ def runtime_environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "code_version": code_version(),
         "hostname": platform.node(),
+        **host_identity(),
     }
     return env
+
+
+def host_identity() -> dict[str, Any]:
+    """The machine instance and its CPU. Two machines of one kind can differ in host speed, and a
+    host-bound case (FSDP's per-layer hooks on a small model) runs at the host's pace: a prediction
+    and its validation are comparable only on the same instance (same boot id)."""
+    boot_id = Path("/proc/sys/kernel/random/boot_id")
+    cpu = None
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        cpu = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in cpuinfo.read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            None,
+        )
+    return {
+        "boot_id": boot_id.read_text().strip() if boot_id.exists() else None,
+        "cpu": cpu or platform.processor() or None,
+        "cpu_count": os.cpu_count(),
+    }
 
 
 def fingerprint_key(env: dict[str, Any]) -> str:

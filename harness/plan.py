@@ -194,11 +194,14 @@ def make_plan(
         optimizer = {"target": ds_optimizer, "kwargs": hyper | {decoupled: recipe.optimizer == "adamw"}}
     if method.uses_fsdp:
         strategy = FSDP_STRATEGIES[method.sharding]
-        args["fsdp"] = f"{strategy} auto_wrap" + (" offload" if method.offloading else "")
+        # Everything in fsdp_config: transformers 5.x deprecates the "full_shard auto_wrap offload"
+        # string and translates it into exactly these keys.
+        args["fsdp"] = True
         args["fsdp_config"] = {
             "version": 2,
             "transformer_layer_cls_to_wrap": [spec.block_class],
             "reshard_after_forward": strategy == "full_shard",
+            "cpu_offload": method.offloading,
             "activation_checkpointing": ckpt,
         }
     return Plan(

@@ -308,6 +308,9 @@ def run_train(job: dict[str, Any], out: Path, rank: int) -> dict[str, Any]:
         "elapsed_s": time.perf_counter() - started,
         "step_wall_s": [s.wall_s for s in recorder.samples],
         "losses": [s.loss for s in recorder.samples],
+        # Parity compares losses; these say which optimizer and code path produced them.
+        "optimizer": optimizer_settings(trainer),
+        **execution_path(trainer),
     }
 
 
@@ -341,6 +344,8 @@ def run_validation(job: dict[str, Any], out: Path, rank: int) -> dict[str, Any]:
         "timed_steps": timer.steps,
         "warmup_steps": timer.warmup,
         "grad_acc_steps": trainer.args.gradient_accumulation_steps,
+        "optimizer": optimizer_settings(trainer),
+        **execution_path(trainer),
     }
 
 

@@ -106,11 +106,12 @@ def test_adam_recipes_are_l2_adam_and_adamw_recipes_decoupled_under_deepspeed():
 def test_fsdp_string_and_config(sharding, strategy, offload, ckpt, model):
     p = plan_for(case(model, sharding=sharding, offloading=offload, activation_checkpointing=ckpt))
     args = p.training_args
-    assert args["fsdp"] == f"{strategy} auto_wrap" + (" offload" if offload else "")
+    assert args["fsdp"] is True
     assert args["fsdp_config"] == {
         "version": 2,
         "transformer_layer_cls_to_wrap": [get_model(model).block_class],
         "reshard_after_forward": strategy == "full_shard",
+        "cpu_offload": offload,
         "activation_checkpointing": ckpt,
     }
     # FSDP checkpoints through its own wrapper; the Trainer's flag would checkpoint a second time.
@@ -118,6 +119,30 @@ def test_fsdp_string_and_config(sharding, strategy, offload, ckpt, model):
     assert args["gradient_checkpointing_kwargs"] is None
     assert "deepspeed" not in args and p.deepspeed is None
     assert p.optimizer is not None  # the Trainer builds the optimizer under FSDP
+
+
+@pytest.mark.parametrize(
+    ("sharding", "strategy"), [("fsdp_grad_op", "shard_grad_op"), ("fsdp_full", "full_shard")]
+)
+@pytest.mark.parametrize("offload", [False, True])
+def test_fsdp_config_is_what_the_legacy_string_meant(sharding, strategy, offload, tmp_path):
+    """Results measured with the deprecated `fsdp="<strategy> auto_wrap [offload]"` string and the plan's
+    all-in-fsdp_config form configure FSDP identically (the Trainer reads fsdp_config only)."""
+    from transformers import TrainingArguments
+
+    config = plan_for(case(sharding=sharding, offloading=offload)).training_args["fsdp_config"]
+    legacy_config = {k: v for k, v in config.items() if k not in ("reshard_after_forward", "cpu_offload")}
+    legacy = TrainingArguments(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        fsdp=f"{strategy} auto_wrap" + (" offload" if offload else ""),
+        fsdp_config=legacy_config,
+    )
+    ours = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, fsdp=True, fsdp_config=dict(config))
+    # The legacy form leaves cpu_offload out unless offloading; absent reads as False.
+    assert ours.fsdp_config == {"cpu_offload": False, **legacy.fsdp_config}
+    assert ours.fsdp_config["reshard_after_forward"] is (strategy == "full_shard")
+    assert ours.fsdp_config["cpu_offload"] is offload
 
 
 @pytest.mark.parametrize("sharding", ["none", "zero1", "zero2", "zero3"])
