@@ -146,6 +146,25 @@ def test_targets_not_met_are_said_so(errors, summary):
     assert summary in checks.validation_summary(records)
 
 
+def test_a_validation_on_another_instance_is_listed_not_judged(tmp_path):
+    """Host speed differs between instances of one machine kind; a prediction is judged on its own."""
+    here = validation("pythia-160m-h200x2-fsdp-full", 1.3) | {"same_instance": True}
+    elsewhere = validation("pythia-160m-h200x2-fsdp-grad-op", 48.3) | {"same_instance": False}
+    unknown = validation("pythia-160m-h200x2-zero1", -0.5)  # recorded before instances were
+    records = [here, elsewhere, unknown]
+    summary = checks.validation_summary(records)
+    assert summary.startswith("2 cases (1 more ran on another instance than their prediction: listed, not judged)")
+    assert "max |error| 1.30% (target <= 6%: met)" in summary
+    assert check_lines(records, []) == [
+        "validation: 2 cases, median |error| 0.90%, max 1.30% "
+        "(1 more ran on another instance than their prediction: listed, not judged)"
+    ]
+    write_report([], tmp_path, validations=records)
+    text = (tmp_path / "validation.md").read_text()
+    assert "| +48.30% | 20 | 3 | 8 x 16 | another instance |" in text
+    assert "| +1.30% | 20 | 3 | 8 x 16 | this instance |" in text
+
+
 def test_parity_rows_say_pass_fail_or_why_skipped(written):
     out, files = written
     assert (files["parity_csv"], files["parity"]) == (out / "parity.csv", out / "parity.md")
