@@ -113,6 +113,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption("--validation-steps", type=int, default=20, help="timed optimizer steps of a validation")
     group.addoption(
+        "--validation-chunk",
+        type=int,
+        default=None,
+        metavar="N",
+        help="time at most N of the validation's steps per run (each part warms up on its own); the parts "
+        "are stored and the next run goes on until all --validation-steps are done",
+    )
+    group.addoption(
         "--parity",
         action="store_true",
         help="compare each free-lunch case's losses with naive eager on the same batches (parity.csv)",
@@ -150,6 +158,11 @@ def pytest_configure(config: pytest.Config) -> None:
         config.getoption("validate") or config.getoption("parity")
     ):
         raise pytest.UsageError("--checks-only measures nothing: add --validate and/or --parity")
+    chunk = config.getoption("validation_chunk", None)
+    if chunk is not None and chunk < 1:
+        raise pytest.UsageError(f"--validation-chunk must be at least 1 step, got {chunk}")
+    if chunk is not None and not config.getoption("validate", False):
+        raise pytest.UsageError("--validation-chunk splits a validation: add --validate")
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -63,10 +63,10 @@ class Runner:
             options=options,
         )
 
-    def validate(self, result: Result, steps: int) -> dict:
+    def validate(self, result: Result, steps: int, chunk: int | None = None) -> dict:
         from harness.checks import validate
 
-        return validate(result, store=self.store, options=self.options, steps=steps)
+        return validate(result, store=self.store, options=self.options, steps=steps, chunk=chunk)
 
     def parity(self, case: Case, steps: int) -> dict:
         from harness.checks import loss_parity

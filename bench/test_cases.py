@@ -50,9 +50,15 @@ def _check(case: Case, engine, record_property, config: pytest.Config, result: R
             not_validated = f"no stored result of {case.id} on this machine to validate"
         else:
             # The prediction error is reported (validation.csv), not asserted: a performance figure.
-            record_property(
-                "pretrain_bench_validation", engine.validate(result, config.getoption("validation_steps"))
+            validation = engine.validate(
+                result, config.getoption("validation_steps"), config.getoption("validation_chunk")
             )
+            record_property("pretrain_bench_validation", validation)
+            if not validation["complete"]:
+                not_validated = (
+                    f"validation of {case.id} in parts: {validation['steps_done']} of "
+                    f"{validation['steps']} steps done; run again to go on"
+                )
     if config.getoption("parity") and case.method.free_lunch:
         parity = engine.parity(case, config.getoption("parity_steps"))
         record_property("pretrain_bench_parity", parity)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import statistics
 import time
+import uuid
 from dataclasses import replace
 from typing import Any
 
@@ -45,19 +46,88 @@ def machine(case: Case, gpu_name: str | None = None) -> str:
 
 
 def validate(
-    result: Result, *, store: ResultStore, options: EngineOptions, steps: int = 20
+    result: Result,
+    *,
+    store: ResultStore,
+    options: EngineOptions,
+    steps: int = 20,
+    chunk: int | None = None,
 ) -> dict[str, Any]:
-    """Train at the full accumulation with the result's plan and compare the step time with its prediction."""
+    """Train at the full accumulation with the result's plan and compare the step time with its prediction.
+
+    A validation runs in parts of at most `chunk` timed steps (all of them when None), each its own
+    job with its own warm-up, so that a long validation fits a command or allocation time limit. Each
+    part is stored as it ends (`_validation-part/`); the next call for the same prediction runs the
+    steps still missing, and once they add up to `steps` the validation record is written from the
+    parts' total time over their total steps. Without every step yet it returns the progress record
+    (`complete: False`).
+    """
     case = result.case
     assert result.micro_batch_size and result.grad_acc_steps and result.step_time_s, (
         "validate a feasible result"
     )
+    prediction = f"{case.id}@{result.fingerprint}@{result.created}"
+    parts = pending_parts(store, prediction)
+    done = sum(part["steps"] for part in parts)
+    if done < steps:
+        parts.append(_validation_part(result, prediction, min(steps - done, chunk or steps), store, options))
+        done += parts[-1]["steps"]
+    progress = {"case_id": case.id, "steps": steps, "steps_done": done, "parts": len(parts)}
+    if done < steps:
+        return progress | {"complete": False}
+    predicted_on = result.environment.get("worker", {}).get("boot_id")
+    measured = sum(part["window_s"] for part in parts) / done
+    record = {
+        "case_id": case.id,
+        "predicted_step_s": result.step_time_s,
+        "measured_step_s": measured,
+        "error_pct": 100.0 * (result.step_time_s - measured) / measured,
+        "steps": done,
+        "warmup_steps": VALIDATION_WARMUP,
+        "machine": parts[-1]["machine"],
+        "micro_batch_size": result.micro_batch_size,
+        "grad_acc_steps": result.grad_acc_steps,
+        # The prediction may come from an earlier version of this code (--checks-only).
+        "predicted_by": result.environment.get("code_version"),
+        # None when the prediction predates the record of the machine instance.
+        "same_instance": (
+            None if predicted_on is None else all(part["boot_id"] == predicted_on for part in parts)
+        ),
+        "cpu": parts[-1]["cpu"],
+        "prediction": prediction,
+        "part_ids": [part["part_id"] for part in parts],
+        "complete": True,
+    }
+    store.append_check("validation", record)
+    return record
+
+
+def pending_parts(store: ResultStore, prediction: str) -> list[dict[str, Any]]:
+    """The stored parts of a validation of `prediction` that no validation record has used yet."""
+    used = {
+        part_id
+        for record in store.check_history("validation")
+        if record.get("prediction") == prediction
+        for part_id in record.get("part_ids", [])
+    }
+    return [
+        part
+        for part in store.check_history("validation-part")
+        if part.get("prediction") == prediction and part["part_id"] not in used
+    ]
+
+
+def _validation_part(
+    result: Result, prediction: str, steps: int, store: ResultStore, options: EngineOptions
+) -> dict[str, Any]:
+    """One validation job: warm-up, then `steps` timed optimizer steps at the full accumulation."""
+    case = result.case
     job_dir = options.work_dir / case.id / time.strftime("%Y%m%dT%H%M%S") / "validate"
     outcome = run_plan(
         case,
         "validate",
-        result.micro_batch_size,
-        result.grad_acc_steps,
+        result.micro_batch_size or 0,
+        result.grad_acc_steps or 0,
         VALIDATION_WARMUP + steps,
         options,
         job_dir,
@@ -68,27 +138,20 @@ def validate(
     )
     if not outcome.ok or outcome.result is None:
         raise RuntimeError(f"validation of {case.id} failed: {outcome.failure()}\n{outcome.output_tail}")
-    measured = outcome.result["window_step_s"]
-    predicted_on = result.environment.get("worker", {}).get("boot_id")
-    validated_on = outcome.result.get("environment", {}).get("boot_id")
-    record = {
+    environment = outcome.result.get("environment", {})
+    part = {
         "case_id": case.id,
-        "predicted_step_s": result.step_time_s,
-        "measured_step_s": measured,
-        "error_pct": 100.0 * (result.step_time_s - measured) / measured,
+        "prediction": prediction,
+        "part_id": uuid.uuid4().hex,
         "steps": steps,
-        "warmup_steps": VALIDATION_WARMUP,
-        "machine": machine(case, result.environment.get("gpu_name")),
-        "micro_batch_size": result.micro_batch_size,
-        "grad_acc_steps": result.grad_acc_steps,
-        # The prediction may come from an earlier version of this code (--checks-only).
-        "predicted_by": result.environment.get("code_version"),
-        # None when the prediction predates the record of the machine instance.
-        "same_instance": None if predicted_on is None else predicted_on == validated_on,
-        "cpu": outcome.result.get("environment", {}).get("cpu"),
+        "window_s": outcome.result["window_step_s"] * steps,
+        "machine": machine(case, environment.get("gpu_name")),
+        "boot_id": environment.get("boot_id"),
+        "cpu": environment.get("cpu"),
+        "job_dir": str(job_dir),
     }
-    store.append_check("validation", record)
-    return record
+    store.append_check("validation-part", part)
+    return part
 
 
 def parity_tolerance(case: Case) -> tuple[str, float]:

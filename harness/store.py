@@ -31,16 +31,21 @@ class ResultStore:
         return _write_atomic(folder / f"{result.fingerprint or 'nofp'}-{stamp}.json", result.to_dict())
 
     def append_check(self, kind: str, record: dict[str, Any]) -> Path:
-        """Store a check of a result (kind "validation" or "parity") under `_<kind>/`, atomically."""
+        """Store a check of a result (kind "validation", "validation-part" or "parity") under `_<kind>/`."""
         folder = self.root / f"_{kind}"
         folder.mkdir(parents=True, exist_ok=True)
         created = record.setdefault("created", time.time())
         return _write_atomic(folder / f"{record['case_id']}-{created:.6f}.json", record)
 
+    def check_history(self, kind: str) -> list[dict[str, Any]]:
+        """Every readable check of this kind, oldest first."""
+        records = self._read(sorted((self.root / f"_{kind}").glob("*.json")))
+        return sorted(records, key=lambda r: r["created"])
+
     def checks(self, kind: str) -> list[dict[str, Any]]:
         """The newest check of each case of this kind."""
         newest: dict[str, dict[str, Any]] = {}
-        for record in self._read(sorted((self.root / f"_{kind}").glob("*.json"))):
+        for record in self.check_history(kind):
             if record["created"] >= newest.get(record["case_id"], {}).get("created", 0.0):
                 newest[record["case_id"]] = record
         return sorted(newest.values(), key=lambda r: r["case_id"])

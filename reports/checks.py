@@ -199,7 +199,7 @@ def validation_table(records: Sequence[Record]) -> Table:
                 "steps": _fmt_int(r.get("steps")),
                 "warmup steps": _fmt_int(r.get("warmup_steps")),
                 "micro-batch x acc.": f"{mb} x {acc}" if mb is not None and acc is not None else "",
-                "predicted on": {True: "this instance", False: "another instance"}.get(same, ""),
+                "predicted on": "" if same is None else ("this instance" if same else "another instance"),
             }
         )
     return Table(

@@ -281,6 +281,33 @@ def test_cpu_profile_end_to_end_resumes_and_forces(tmp_path):
     attempts = sorted((tmp_path / "jobs" / CPU_ID).iterdir())
     assert [p.name for p in attempts[-1].iterdir()] == ["validate"]
 
+    # A validation in parts: 2 of 3 steps now (the test skips and says so), the last one in the next run.
+    args = (
+        *ONE_CPU_CASE,
+        "--checks-only",
+        "--validate",
+        "--validation-steps",
+        "3",
+        "--validation-chunk",
+        "2",
+    )
+    first = bench(tmp_path, *args, "-rs")
+    assert first.returncode == 0, output(first)[-4000:]
+    assert skip_reasons(first) == [f"validation of {CPU_ID} in parts: 2 of 3 steps done; run again to go on"]
+    assert len(files_under(tmp_path / "results" / "_validation")) == 1
+    second = bench(tmp_path, *args)
+    assert second.returncode == 0 and "1 passed" in second.stdout, output(second)[-4000:]
+    parts = [json.loads(p.read_text()) for p in files_under(tmp_path / "results" / "_validation-part")]
+    assert sorted(part["steps"] for part in parts) == [1, 2, 3]  # the first, whole validation is a part too
+    newest = max(
+        (json.loads(p.read_text()) for p in files_under(tmp_path / "results" / "_validation")),
+        key=lambda r: r["created"],
+    )
+    assert newest["steps"] == 3 and len(newest["part_ids"]) == 2
+    assert newest["measured_step_s"] == pytest.approx(
+        sum(part["window_s"] for part in parts if part["part_id"] in newest["part_ids"]) / 3
+    )
+
     # --force measures again and appends a record. A 2 s job timeout keeps this cheap: the record
     # is the new measurement's (a timeout), which the stored "ok" could not have produced.
     forced = bench(tmp_path, *ONE_CPU_CASE, "--force", "--job-timeout", "2")
@@ -289,13 +316,16 @@ def test_cpu_profile_end_to_end_resumes_and_forces(tmp_path):
     assert len(new) == 1
     record = json.loads(new[0].read_text())
     assert record["status"] == "error" and re.search(r"timed out after \d+ s", record["reason"]), record
-    assert len(list((tmp_path / "jobs" / CPU_ID).iterdir())) == 3
+    assert len(list((tmp_path / "jobs" / CPU_ID).iterdir())) == 5
 
 
 def test_checks_only_needs_a_check_and_a_stored_result(tmp_path):
     proc = bench(tmp_path, *ONE_CPU_CASE, "--checks-only")
     assert proc.returncode == pytest.ExitCode.USAGE_ERROR, output(proc)[-2000:]
     assert "add --validate and/or --parity" in proc.stderr
+    proc = bench(tmp_path, *ONE_CPU_CASE, "--validation-chunk", "2")
+    assert proc.returncode == pytest.ExitCode.USAGE_ERROR, output(proc)[-2000:]
+    assert "--validation-chunk splits a validation: add --validate" in proc.stderr
     proc = bench(tmp_path, *ONE_CPU_CASE, "--checks-only", "--validate", "-rs")
     assert proc.returncode == 0, output(proc)[-2000:]
     assert skip_reasons(proc) == [f"no stored result of {CPU_ID} on this machine to validate"]

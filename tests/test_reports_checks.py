@@ -153,7 +153,9 @@ def test_a_validation_on_another_instance_is_listed_not_judged(tmp_path):
     unknown = validation("pythia-160m-h200x2-zero1", -0.5)  # recorded before instances were
     records = [here, elsewhere, unknown]
     summary = checks.validation_summary(records)
-    assert summary.startswith("2 cases (1 more ran on another instance than their prediction: listed, not judged)")
+    assert summary.startswith(
+        "2 cases (1 more ran on another instance than their prediction: listed, not judged)"
+    )
     assert "max |error| 1.30% (target <= 6%: met)" in summary
     assert check_lines(records, []) == [
         "validation: 2 cases, median |error| 0.90%, max 1.30% "
