@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import signal
@@ -161,13 +162,25 @@ def run_job(
 
 def finished_outcome(job: dict[str, Any], job_dir: Path) -> JobOutcome | None:
     """The outcome of `job` if `job_dir` holds the same job, ended with a verdict: a result, or an
-    out-of-memory event. Crashes and timeouts say nothing about the case and are run again."""
+    out-of-memory event. Crashes and timeouts say nothing about the case and are run again.
+
+    A job whose launcher was stopped after rank 0 wrote its result (renamed into place whole, once
+    every rank has trained) finished too, though no outcome was recorded: its result stands."""
     try:
-        ended = json.loads((job_dir / OUTCOME_FILE).read_text())
         earlier = json.loads((job_dir / "job.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-    if ended["timed_out"] or _comparable(earlier) != _comparable(job):
+    if _comparable(earlier) != _comparable(job):
+        return None
+    try:
+        ended = json.loads((job_dir / OUTCOME_FILE).read_text())
+    except FileNotFoundError:
+        if not (job_dir / "result.json").exists():
+            return None
+        ended = {"returncode": 0, "timed_out": False, "elapsed_s": math.nan}
+    except json.JSONDecodeError:
+        return None
+    if ended["timed_out"]:
         return None
     outcome = _load_outcome(job_dir, ended)
     return outcome if outcome.ok or outcome.oom_events() else None

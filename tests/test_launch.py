@@ -92,3 +92,9 @@ def test_a_job_compares_equal_to_its_job_json_from_another_folder(tmp_path):
     assert finished_outcome(job | {"mode": "probe"}, earlier) is None  # another job
     (earlier / OUTCOME_FILE).write_text(json.dumps({"returncode": -9, "timed_out": True, "elapsed_s": 9.0}))
     assert finished_outcome(job, earlier) is None  # a timeout says nothing: run it again
+    # The launcher stopped after rank 0 wrote the result, before it recorded the outcome: it stands.
+    (earlier / OUTCOME_FILE).unlink()
+    stopped = finished_outcome(job, earlier)
+    assert stopped is not None and stopped.ok and stopped.result == {"step_time_s": 1.0}
+    (earlier / "result.json").unlink()
+    assert finished_outcome(job, earlier) is None  # stopped before any result: run it again
