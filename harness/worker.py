@@ -115,7 +115,10 @@ class ProbeCallback(TrainerCallback):
             torch.cuda.reset_peak_memory_stats()
 
     def on_step_end(self, args, state, control, **kwargs):
-        write_event(self.events, {"event": "fit", "micro_batch": self.current, **oom.memory_now()})
+        # The graphs compiled so far: a probe whose sizes share one dynamic graph keeps this at 1
+        # (0 uncompiled); a rise names the size that recompiled (the reason is in output.log).
+        fit = {"event": "fit", "micro_batch": self.current, **oom.memory_now()}
+        write_event(self.events, fit | {"compiled_graphs": _compiled_graphs()})
 
 
 def write_event(path: Path, event: dict[str, Any]) -> None:
@@ -250,6 +253,9 @@ def optimizer_settings(trainer: Trainer) -> dict[str, Any]:
 
 def run_probe(job: dict[str, Any], out: Path, rank: int) -> dict[str, Any]:
     ramp = job["micro_batches"]
+    if job["plan"]["training_args"].get("torch_compile"):
+        # Each recompilation costs about a minute on a GPU: say in output.log what triggered it.
+        torch._logging.set_logs(recompiles=True)
     events = out / f"events-rank{rank}.jsonl"
     probe_cb = ProbeCallback(ramp, events)
     trainer = build_trainer(job, recorder=None, ramp=ramp, extra_callbacks=[probe_cb])

@@ -91,6 +91,9 @@ def test_a_compiled_probe_compiles_one_graph_for_every_size(tmp_path):
     probe = json.loads(next((tmp_path / "jobs" / case.id).glob("*/probe/result.json")).read_text())
     assert probe["fits"] == [2, 4]
     assert probe["compiled_graphs"] == 1  # no recompilation when the size changed from 2 to 4
+    # Each fit says how many graphs were compiled by then: where a recompilation happened.
+    fits = [e for e in result.probe if e["event"] == "fit" and "implied_by" not in e]
+    assert [e["compiled_graphs"] for e in fits] == [1, 1]
 
 
 def test_micro_batch_1_is_implied_when_2_fits(tmp_path):
