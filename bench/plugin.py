@@ -8,6 +8,8 @@ node detected through NVML / nvidia-smi (no CUDA context in the pytest process).
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -148,8 +150,17 @@ def node_mismatch(case, node) -> str | None:
     return node.mismatch(case.gpu_type, case.gpus_per_node)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """Option combinations that cannot work end the run before anything is collected."""
+    """Option combinations that cannot work end the run before anything is collected.
+
+    SIGTERM (a batch system's time limit, `timeout`) ends the run as Ctrl-C does: the running job is
+    killed with its workers, the results stored so far stay, and the session's report is written."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
     if config.getoption("timed_steps", 5) < 5:
         raise pytest.UsageError(
             f"--timed-steps must be at least 5 (a median and spread), got {config.getoption('timed_steps')}"
@@ -158,6 +169,10 @@ def pytest_configure(config: pytest.Config) -> None:
         config.getoption("validate") or config.getoption("parity")
     ):
         raise pytest.UsageError("--checks-only measures nothing: add --validate and/or --parity")
+    if config.getoption("validation_steps", 20) < 1:
+        raise pytest.UsageError(
+            f"--validation-steps must be at least 1, got {config.getoption('validation_steps')}"
+        )
     chunk = config.getoption("validation_chunk", None)
     if chunk is not None and chunk < 1:
         raise pytest.UsageError(f"--validation-chunk must be at least 1 step, got {chunk}")

@@ -17,6 +17,7 @@ from typing import Any
 
 from harness.cases import Case
 from harness.engine import EngineOptions, run_plan
+from harness.env import code_version
 from harness.methods import NAIVE
 from harness.plan import unsupported_reason
 from harness.result import Result
@@ -75,7 +76,6 @@ def validate(
     progress = {"case_id": case.id, "steps": steps, "steps_done": done, "parts": len(parts)}
     if done < steps:
         return progress | {"complete": False}
-    predicted_on = result.environment.get("worker", {}).get("boot_id")
     measured = sum(part["window_s"] for part in parts) / done
     record = {
         "case_id": case.id,
@@ -89,11 +89,11 @@ def validate(
         "grad_acc_steps": result.grad_acc_steps,
         # The prediction may come from an earlier version of this code (--checks-only).
         "predicted_by": result.environment.get("code_version"),
-        # None when the prediction predates the record of the machine instance.
-        "same_instance": (
-            None if predicted_on is None else all(part["boot_id"] == predicted_on for part in parts)
-        ),
+        "same_instance": same_instance(result, parts),
         "cpu": parts[-1]["cpu"],
+        # What trained: the optimizer read back and the wrapper, as the last part ran them.
+        "optimizer": parts[-1].get("optimizer"),
+        "wrapped_model": parts[-1].get("wrapped_model"),
         "prediction": prediction,
         "part_ids": [part["part_id"] for part in parts],
         "complete": True,
@@ -102,8 +102,20 @@ def validate(
     return record
 
 
+def same_instance(result: Result, parts: list[dict[str, Any]]) -> bool | None:
+    """Whether every part trained on the machine instance (boot) that made the prediction: False as
+    soon as the parts themselves ran on different boots, None when the prediction predates the
+    record of the instance."""
+    boots = {part.get("boot_id") for part in parts}
+    if len(boots) > 1:
+        return False
+    predicted_on = result.environment.get("worker", {}).get("boot_id")
+    return None if predicted_on is None else boots == {predicted_on}
+
+
 def pending_parts(store: ResultStore, prediction: str) -> list[dict[str, Any]]:
-    """The stored parts of a validation of `prediction` that no validation record has used yet."""
+    """The stored parts of a validation of `prediction` that no validation record has used yet, run
+    by this version of the code (a part from another version measured something else)."""
     used = {
         part_id
         for record in store.check_history("validation")
@@ -113,7 +125,9 @@ def pending_parts(store: ResultStore, prediction: str) -> list[dict[str, Any]]:
     return [
         part
         for part in store.check_history("validation-part")
-        if part.get("prediction") == prediction and part["part_id"] not in used
+        if part.get("prediction") == prediction
+        and part["part_id"] not in used
+        and part.get("code_version") == code_version()
     ]
 
 
@@ -122,7 +136,9 @@ def _validation_part(
 ) -> dict[str, Any]:
     """One validation job: warm-up, then `steps` timed optimizer steps at the full accumulation."""
     case = result.case
-    job_dir = options.work_dir / case.id / time.strftime("%Y%m%dT%H%M%S") / "validate"
+    part_id = uuid.uuid4().hex
+    # Named to the part too: two parts started within one second keep their own folders.
+    job_dir = options.work_dir / case.id / f"{time.strftime('%Y%m%dT%H%M%S')}-{part_id[:8]}" / "validate"
     outcome = run_plan(
         case,
         "validate",
@@ -142,13 +158,16 @@ def _validation_part(
     part = {
         "case_id": case.id,
         "prediction": prediction,
-        "part_id": uuid.uuid4().hex,
+        "part_id": part_id,
+        "code_version": environment.get("code_version"),
         "steps": steps,
         "window_s": outcome.result["window_step_s"] * steps,
         "machine": machine(case, environment.get("gpu_name")),
         "boot_id": environment.get("boot_id"),
         "cpu": environment.get("cpu"),
         "job_dir": str(job_dir),
+        "optimizer": outcome.result.get("optimizer"),
+        "wrapped_model": outcome.result.get("wrapped_model"),
     }
     store.append_check("validation-part", part)
     return part

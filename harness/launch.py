@@ -154,6 +154,12 @@ def run_job(
             timed_out = True
             _dump_stacks(job_dir, proc)
             _kill_group(proc)
+        except BaseException:
+            # Interrupted (Ctrl-C, or SIGTERM turned into KeyboardInterrupt by the suite): the job runs
+            # in its own session and would train on, unseen, beside whatever runs next. No outcome is
+            # recorded: the job did not end by itself.
+            _kill_group(proc)
+            raise
     elapsed = time.monotonic() - started
     ended = {"returncode": proc.returncode, "timed_out": timed_out, "elapsed_s": elapsed}
     (job_dir / OUTCOME_FILE).write_text(json.dumps(ended))
@@ -165,7 +171,9 @@ def finished_outcome(job: dict[str, Any], job_dir: Path) -> JobOutcome | None:
     out-of-memory event. Crashes and timeouts say nothing about the case and are run again.
 
     A job whose launcher was stopped after rank 0 wrote its result (renamed into place whole, once
-    every rank has trained) finished too, though no outcome was recorded: its result stands."""
+    every rank has trained) finished too, though no outcome was recorded: its result stands if it was
+    written before this controller started. A later one comes from a job orphaned by a controller
+    killed outright, which may have trained beside this controller's jobs: it is run again."""
     try:
         earlier = json.loads((job_dir / "job.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
@@ -174,16 +182,25 @@ def finished_outcome(job: dict[str, Any], job_dir: Path) -> JobOutcome | None:
         return None
     try:
         ended = json.loads((job_dir / OUTCOME_FILE).read_text())
-    except FileNotFoundError:
-        if not (job_dir / "result.json").exists():
+    except (FileNotFoundError, json.JSONDecodeError):
+        if not _written_before_this_controller(job_dir / "result.json"):
             return None
         ended = {"returncode": 0, "timed_out": False, "elapsed_s": math.nan}
-    except json.JSONDecodeError:
-        return None
     if ended["timed_out"]:
         return None
     outcome = _load_outcome(job_dir, ended)
     return outcome if outcome.ok or outcome.oom_events() else None
+
+
+# When this controller started (harness.launch is imported before any job runs).
+CONTROLLER_STARTED = time.time()
+
+
+def _written_before_this_controller(path: Path) -> bool:
+    try:
+        return path.stat().st_mtime < CONTROLLER_STARTED
+    except FileNotFoundError:
+        return False
 
 
 def _comparable(job: dict[str, Any]) -> dict[str, Any]:

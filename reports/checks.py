@@ -6,7 +6,10 @@ here they become validation.csv/.md and parity.csv/.md, the tables of index.html
 line each for the terminal.
 
     validation record: case_id, predicted_step_s, measured_step_s, error_pct (signed, percent),
-                       steps, warmup_steps, machine, micro_batch_size, grad_acc_steps, created
+                       steps, warmup_steps, machine, micro_batch_size, grad_acc_steps, created,
+                       predicted_by (the predicting code version), same_instance (True/False:
+                       whether it trained on the boot that predicted; None: not recorded; a False
+                       one is listed, not judged against the targets)
     parity record:     case_id, reference_case_id, method, precision, steps, losses,
                        reference_losses, max_rel_diff, tolerance, passed, machine, created
                        (and skipped_reason where the check did not run)

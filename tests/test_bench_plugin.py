@@ -6,11 +6,14 @@ node through PRETRAIN_BENCH_NODE so that detection is the same on every machine.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -68,7 +71,7 @@ CPU_ID = "pythia-14m-cpux1-naive"
 # --- collection ---------------------------------------------------------------------------------
 
 
-def test_whole_matrix_collects_quickly_with_unique_sorted_ids(tmp_path):
+def test_whole_matrix_collects_with_unique_sorted_ids(tmp_path):
     proc = bench(tmp_path, "--collect-only", "-q", "--methods", "all")
     assert proc.returncode == 0, output(proc)[-3000:]
     ids = collected_ids(proc)
@@ -80,10 +83,8 @@ def test_whole_matrix_collects_quickly_with_unique_sorted_ids(tmp_path):
     found = re.search(r"(\d+) tests? collected in ([\d.]+)s", proc.stdout)
     assert found, proc.stdout[-500:]
     assert int(found.group(1)) == len(ids)
-    seconds = float(found.group(2))
-    print(f"collection of {len(ids)} cases: {seconds:.2f} s (target < 3 s)")
-    # The target is 3 s; this shared CI machine gets twice that.
-    assert seconds < 6.0
+    # The 3 s collection target is a performance figure: reported here, not asserted.
+    print(f"collection of {len(ids)} cases: {float(found.group(2)):.2f} s (target < 3 s)")
     assert not (tmp_path / "report").exists()  # --collect-only measures nothing: no report
 
 
@@ -95,6 +96,8 @@ def test_whole_matrix_collects_quickly_with_unique_sorted_ids(tmp_path):
         ("--methods", "everything", "Unknown method set 'everything'."),
         ("--gpu-counts", "0", "counts must be at least 1"),
         ("--timed-steps", "3", "--timed-steps must be at least 5"),
+        ("--validation-steps", "0", "--validation-steps must be at least 1"),
+        ("--validation-chunk", "0", "--validation-chunk must be at least 1 step"),
     ],
 )
 def test_invalid_option_values_are_usage_errors(tmp_path, option, value, expected):
@@ -295,6 +298,11 @@ def test_cpu_profile_end_to_end_resumes_and_forces(tmp_path):
     assert first.returncode == 0, output(first)[-4000:]
     assert skip_reasons(first) == [f"validation of {CPU_ID} in parts: 2 of 3 steps done; run again to go on"]
     assert len(files_under(tmp_path / "results" / "_validation")) == 1
+    # The unfinished validation does not stand in for the stored one in this run's report.
+    report = max((tmp_path / "report").iterdir(), key=lambda p: p.stat().st_mtime)
+    with (report / "validation.csv").open() as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["case_id"] == CPU_ID and row["error_pct"] and row["steps"] == "3"
     second = bench(tmp_path, *args)
     assert second.returncode == 0 and "1 passed" in second.stdout, output(second)[-4000:]
     parts = [json.loads(p.read_text()) for p in files_under(tmp_path / "results" / "_validation-part")]
@@ -304,6 +312,7 @@ def test_cpu_profile_end_to_end_resumes_and_forces(tmp_path):
         key=lambda r: r["created"],
     )
     assert newest["steps"] == 3 and len(newest["part_ids"]) == 2
+    assert newest["same_instance"] is True  # predicted and validated on this machine's boot
     assert newest["measured_step_s"] == pytest.approx(
         sum(part["window_s"] for part in parts if part["part_id"] in newest["part_ids"]) / 3
     )
@@ -330,6 +339,48 @@ def test_checks_only_needs_a_check_and_a_stored_result(tmp_path):
     assert proc.returncode == 0, output(proc)[-2000:]
     assert skip_reasons(proc) == [f"no stored result of {CPU_ID} on this machine to validate"]
     assert not (tmp_path / "jobs").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_run_and_its_job(tmp_path):
+    """A batch system's time limit sends SIGTERM: the running job and its workers are killed, nothing
+    is left training, no outcome is recorded for the cut-off job, and the case measured before it is
+    stored and reported."""
+    env = {k: v for k, v in os.environ.items() if k not in LEAKY_ENV}
+    # Rank 1 hangs: the one-process case completes, the two-process case hangs until the signal.
+    env |= {"PRETRAIN_BENCH_NODE": "cpu", "PRETRAIN_BENCH_FAULT": "hang:rank=1:step=1"}
+    cases = ("-m", "cpu", "--models", "pythia-14m", "--gpu-counts", "1,2", "--methods", "naive")
+    dirs = (
+        "--results-dir",
+        tmp_path / "results",
+        "--report-dir",
+        tmp_path / "report",
+        "--jobs-dir",
+        tmp_path / "jobs",
+    )
+    cmd = [sys.executable, "-m", "pytest", "bench", "-p", "no:cacheprovider", *cases, *map(str, dirs)]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    hung: list[dict] = []
+    deadline = time.monotonic() + 240
+    while not hung and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        for events in (tmp_path / "jobs").rglob("events-rank1.jsonl"):
+            hung = [e for e in map(json.loads, events.read_text().splitlines()) if e["event"] == "start"]
+    if not hung:
+        proc.kill()
+        raise RuntimeError(f"the two-process job never started:\n{proc.communicate()[0][-3000:]}")
+    time.sleep(2)  # into its first step
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, out[-3000:]
+    assert "stopped by signal 15" in out
+    # The hung worker is gone (or a zombie waiting to be reaped), not training on in its own session.
+    status = Path(f"/proc/{hung[0]['pid']}/status")
+    assert not status.exists() or "\nState:\tZ" in status.read_text()
+    assert not list((tmp_path / "jobs" / "pythia-14m-cpux2-naive").rglob("outcome.json"))
+    assert [p.parent.name for p in files_under(tmp_path / "results")] == [CPU_ID]
+    (report,) = (tmp_path / "report").iterdir()
+    assert CPU_ID in (report / "results.csv").read_text()
 
 
 @pytest.fixture(scope="module")

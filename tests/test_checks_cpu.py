@@ -96,3 +96,115 @@ def test_sanity_gates():
     assert "not finite" in sanity_problems(ok_result(losses=[2.0, float("nan")]))[0]
     assert "at least 5" in sanity_problems(ok_result(step_samples_s=[1.0] * 4))[0]
     assert "finite positive" in sanity_problems(ok_result(step_samples_s=[1.0] * 4 + [0.0]))[0]
+
+
+# --- validation in parts (the jobs faked: what is combined, and when) ---------------------------
+
+
+class FakeJobs:
+    """Stands in for run_plan: each validation job 'measures' the next window time on the next boot."""
+
+    def __init__(self, monkeypatch, windows: list[float], boots: list[str]):
+        from harness import checks
+        from harness.env import code_version
+        from harness.launch import JobOutcome
+
+        self.calls: list[int] = []
+
+        def run_plan(case, mode, mb, gas, max_steps, options, job_dir, *, timed_steps, **kwargs):
+            assert mode == "validate" and kwargs["plan"] == {"fake": "plan"}
+            self.calls.append(timed_steps)
+            result = {
+                "window_step_s": windows[len(self.calls) - 1],
+                "environment": {"boot_id": boots[len(self.calls) - 1], "code_version": code_version()},
+            }
+            return JobOutcome(
+                returncode=0,
+                timed_out=False,
+                elapsed_s=1.0,
+                result=result,
+                events=[],
+                output_tail="",
+                job_dir=job_dir,
+            )
+
+        monkeypatch.setattr(checks, "run_plan", run_plan)
+
+
+def predicted(boot: str | None = "boot-a", created: float = 1.0) -> Result:
+    case = Case(model="tiny-vit", gpu_type="cpu", gpus_per_node=1, method=NAIVE)
+    worker = {} if boot is None else {"boot_id": boot}
+    return Result(
+        case=case,
+        status="ok",
+        micro_batch_size=2,
+        grad_acc_steps=4,
+        step_time_s=1.0,
+        fingerprint="fp",
+        plan={"fake": "plan"},
+        environment={"worker": worker},
+        created=created,
+    )
+
+
+def test_a_validation_in_parts_goes_on_where_it_stopped(tmp_path, monkeypatch):
+    store, opts = ResultStore(tmp_path / "s"), options(tmp_path)
+    jobs = FakeJobs(monkeypatch, windows=[1.0, 2.0, 4.0], boots=["boot-a"] * 3)
+    result = predicted()
+    first = validate(result, store=store, options=opts, steps=5, chunk=2)
+    assert first == {"case_id": result.case.id, "steps": 5, "steps_done": 2, "parts": 1, "complete": False}
+    assert store.checks("validation") == []
+    assert validate(result, store=store, options=opts, steps=5, chunk=2)["steps_done"] == 4
+    record = validate(result, store=store, options=opts, steps=5, chunk=2)
+    assert jobs.calls == [2, 2, 1]
+    # Total time over total steps: (2 x 1.0 + 2 x 2.0 + 1 x 4.0) / 5.
+    assert record["measured_step_s"] == pytest.approx(2.0) and record["steps"] == 5
+    assert record["complete"] and record["same_instance"] is True and len(record["part_ids"]) == 3
+    # The parts are used up: a new validation of the same prediction measures afresh.
+    jobs.calls.clear()
+    FakeJobs(monkeypatch, windows=[3.0], boots=["boot-a"])
+    again = validate(result, store=store, options=opts, steps=5)
+    assert again["measured_step_s"] == pytest.approx(3.0)
+
+
+def test_parts_of_another_prediction_or_code_version_are_not_combined(tmp_path, monkeypatch):
+    store, opts = ResultStore(tmp_path / "s"), options(tmp_path)
+    FakeJobs(monkeypatch, windows=[1.0, 1.0], boots=["boot-a"] * 2)
+    validate(predicted(created=1.0), store=store, options=opts, steps=4, chunk=2)
+    stale = dict(
+        store.check_history("validation-part")[0], part_id="old", code_version="0+other", created=2.0
+    )
+    store.append_check("validation-part", stale)
+    jobs = FakeJobs(monkeypatch, windows=[5.0], boots=["boot-a"])
+    progress = validate(predicted(created=9.0), store=store, options=opts, steps=4, chunk=2)
+    assert (
+        jobs.calls == [2] and progress["steps_done"] == 2
+    )  # neither the other result's part nor the stale one
+
+
+def test_enough_stored_steps_run_nothing(tmp_path, monkeypatch):
+    store, opts = ResultStore(tmp_path / "s"), options(tmp_path)
+    FakeJobs(monkeypatch, windows=[1.0], boots=["boot-a"])
+    validate(predicted(), store=store, options=opts, steps=4, chunk=2)
+    jobs = FakeJobs(monkeypatch, windows=[], boots=[])
+    record = validate(predicted(), store=store, options=opts, steps=2)
+    assert jobs.calls == [] and record["steps"] == 2 and record["complete"]
+
+
+@pytest.mark.parametrize(
+    ("predicted_on", "boots", "same"),
+    [
+        ("boot-a", ["boot-a", "boot-a"], True),
+        ("boot-a", ["boot-b", "boot-b"], False),
+        (None, ["boot-a", "boot-a"], None),
+        (None, ["boot-a", "boot-b"], False),
+    ],
+)
+def test_same_instance_needs_every_part_on_the_predicting_boot(
+    tmp_path, monkeypatch, predicted_on, boots, same
+):
+    store, opts = ResultStore(tmp_path / "s"), options(tmp_path)
+    FakeJobs(monkeypatch, windows=[1.0, 1.0], boots=boots)
+    validate(predicted(predicted_on), store=store, options=opts, steps=2, chunk=1)
+    record = validate(predicted(predicted_on), store=store, options=opts, steps=2, chunk=1)
+    assert record["same_instance"] is same

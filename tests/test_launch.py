@@ -75,8 +75,9 @@ def test_a_timed_out_probe_names_the_micro_batch_it_was_trying():
 
 def test_a_job_compares_equal_to_its_job_json_from_another_folder(tmp_path):
     import json
+    import os
 
-    from harness.launch import OUTCOME_FILE, finished_outcome
+    from harness.launch import CONTROLLER_STARTED, OUTCOME_FILE, finished_outcome
 
     job = {"mode": "time", "plan": {"training_args": {"output_dir": "a/trainer", "betas": (0.9, 0.95)}}}
     earlier = tmp_path / "earlier"
@@ -92,8 +93,13 @@ def test_a_job_compares_equal_to_its_job_json_from_another_folder(tmp_path):
     assert finished_outcome(job | {"mode": "probe"}, earlier) is None  # another job
     (earlier / OUTCOME_FILE).write_text(json.dumps({"returncode": -9, "timed_out": True, "elapsed_s": 9.0}))
     assert finished_outcome(job, earlier) is None  # a timeout says nothing: run it again
-    # The launcher stopped after rank 0 wrote the result, before it recorded the outcome: it stands.
+    # No outcome recorded, a result written while this controller runs: from a job orphaned by a
+    # controller killed outright, which may have trained beside this one's jobs. Run it again.
     (earlier / OUTCOME_FILE).unlink()
+    assert finished_outcome(job, earlier) is None
+    # The launcher stopped after rank 0 wrote the result, before this controller started: it stands.
+    before = CONTROLLER_STARTED - 60
+    os.utime(earlier / "result.json", (before, before))
     stopped = finished_outcome(job, earlier)
     assert stopped is not None and stopped.ok and stopped.result == {"step_time_s": 1.0}
     (earlier / "result.json").unlink()
