@@ -72,10 +72,8 @@ def unsupported_reason(case: Case) -> str | None:
         return f"{spec.hf_class.split(':')[-1]} has no activation checkpointing in transformers"
     if case.gpu_type == "cpu" and case.method.uses_deepspeed:
         return "DeepSpeed needs CUDA GPUs: the cpu profile runs DDP only"
-    if case.gpu_type == "cpu" and case.method.uses_fsdp:
-        # accelerate turns the Trainer's FSDP plugin on only for accelerator devices; on the CPU it
-        # would silently train plain DDP and report it as FSDP.
-        return "FSDP through the Trainer needs an accelerator (accelerate ignores it on the CPU)"
+    if case.gpu_type == "cpu" and case.method.offloading:
+        return "offloading to the CPU measures nothing on a CPU run"
     return None
 
 

@@ -168,7 +168,7 @@ def build_trainer(
             dict(optimizer["kwargs"]),
         )
     callbacks = [c for c in (recorder, *extra_callbacks) if c is not None]
-    return MeasuredTrainer(
+    trainer = MeasuredTrainer(
         model=model,
         args=args,
         train_dataset=dataset,
@@ -177,6 +177,28 @@ def build_trainer(
         ramp=ramp,
         **opt_kwargs,
     )
+    if args.fsdp_plugin_args is not None and device.type == "cpu":
+        _fsdp_on_cpu(trainer)
+    return trainer
+
+
+def _fsdp_on_cpu(trainer: Trainer) -> None:
+    """Turn on, for a CPU job, the FSDP plugin the Trainer built and handed to accelerate.
+
+    accelerate enables FSDP only for accelerator devices (MULTI_CPU is not in its list) and would
+    train plain DDP under the FSDP name. Set here, after the Trainer is built and before anything is
+    prepared, the Trainer wraps and trains the model through accelerate's own FSDP2 path over gloo,
+    as it does over NCCL, so the CPU tests exercise the FSDP plan, timing and parity for real.
+    """
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    state = trainer.accelerator.state
+    assert getattr(state, "fsdp_plugin", None) is None, "accelerate enabled FSDP itself: remove this"
+    state.fsdp_plugin = FullyShardedDataParallelPlugin(**trainer.args.fsdp_plugin_args)
+    state.distributed_type = DistributedType.FSDP
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    trainer.is_fsdp_enabled = True
 
 
 def _plain_cuda_arch_list() -> None:
@@ -408,7 +430,12 @@ def main(argv: list[str] | None = None) -> None:
         tmp.write_text(json.dumps(result, indent=1))
         tmp.replace(out / "result.json")
     if dist.is_available() and dist.is_initialized():
+        barrier()  # every rank is done with every collective before the group goes
         dist.destroy_process_group()
+    # Leave without the interpreter's teardown: under FSDP over gloo a rank once aborted there
+    # ("terminate called without an active exception") after its result was written, failing a job
+    # that had finished.
+    _exit_now(0)
 
 
 if __name__ == "__main__":

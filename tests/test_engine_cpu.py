@@ -53,18 +53,38 @@ def test_ddp_two_processes_timed_through_the_trainer(tmp_path):
     assert result.training_days == pytest.approx(recipe.training_steps * result.step_time_s / 86400)
 
 
-@pytest.mark.parametrize("sharding", ["fsdp_full", "zero2"])
-def test_sharded_cases_on_the_cpu_are_refused_with_a_reason_not_faked(tmp_path, sharding):
-    # accelerate enables FSDP only on accelerators: the Trainer would silently run DDP instead.
+@pytest.mark.parametrize(
+    ("method", "why"),
+    [
+        (Method(free_lunch=False, sharding="zero2"), "DeepSpeed needs CUDA GPUs"),
+        (Method(free_lunch=False, sharding="fsdp_full", offloading=True), "offloading to the CPU"),
+    ],
+    ids=["zero2", "fsdp-offload"],
+)
+def test_cases_the_cpu_cannot_run_are_refused_with_a_reason_not_faked(tmp_path, method, why):
+    case = Case(model="pythia-14m", gpu_type="cpu", gpus_per_node=2, method=method)
+    result = run(tmp_path, case, max_micro_batch=2)
+    assert result.status == "infeasible"
+    assert why in result.reason
+
+
+@pytest.mark.parametrize("sharding", ["fsdp_full", "fsdp_grad_op"])
+def test_fsdp_two_processes_probed_and_timed_through_the_trainer(tmp_path, sharding):
     case = Case(
         model="pythia-14m",
         gpu_type="cpu",
         gpus_per_node=2,
         method=Method(free_lunch=False, sharding=sharding),
     )
-    result = run(tmp_path, case, max_micro_batch=2)
-    assert result.status == "infeasible"
-    assert ("FSDP" if sharding.startswith("fsdp") else "DeepSpeed") in result.reason
+    result = run(tmp_path, case, max_micro_batch=2, max_measured_grad_acc=2, probe="always")
+    assert result.status == "ok", result.reason
+    timing = result.timing
+    # The Trainer wrapped the model with accelerate's FSDP2, layer by layer, over gloo.
+    assert timing["distributed_type"] == "DistributedType.FSDP" and timing["fsdp"] is True
+    assert timing["wrapped_model"].startswith("FSDP")
+    assert {"FSDPGPTNeoXLayer", "FSDPEmbedding"} <= set(timing["sharded_modules"])
+    assert result.plan["training_args"]["fsdp_config"]["reshard_after_forward"] is (sharding == "fsdp_full")
+    assert result.measured_grad_acc_steps == 2 and len(timing["step_samples_s"]) >= 5
 
 
 def test_oom_on_one_rank_only_is_agreed_and_the_probe_steps_down(tmp_path):
