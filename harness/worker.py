@@ -273,6 +273,11 @@ def optimizer_settings(trainer: Trainer) -> dict[str, Any]:
     }
 
 
+def what_ran(trainer: Trainer) -> dict[str, Any]:
+    """The optimizer read back after training and the code paths that ran: every training job's record."""
+    return {"optimizer": optimizer_settings(trainer), **execution_path(trainer)}
+
+
 def run_probe(job: dict[str, Any], out: Path, rank: int) -> dict[str, Any]:
     ramp = job["micro_batches"]
     if job["plan"]["training_args"].get("torch_compile"):
@@ -320,8 +325,7 @@ def run_timing(job: dict[str, Any], out: Path, rank: int) -> dict[str, Any]:
         "measured_grad_acc_steps": trainer.args.gradient_accumulation_steps,
         "peak_memory_gib": peak_all,
         "memory_total_gib": peak["total_gib"],
-        "optimizer": optimizer_settings(trainer),
-        **execution_path(trainer),
+        **what_ran(trainer),
     }
 
 
@@ -337,8 +341,7 @@ def run_train(job: dict[str, Any], out: Path, rank: int) -> dict[str, Any]:
         "step_wall_s": [s.wall_s for s in recorder.samples],
         "losses": [s.loss for s in recorder.samples],
         # Parity compares losses; these say which optimizer and code path produced them.
-        "optimizer": optimizer_settings(trainer),
-        **execution_path(trainer),
+        **what_ran(trainer),
     }
 
 
@@ -372,8 +375,7 @@ def run_validation(job: dict[str, Any], out: Path, rank: int) -> dict[str, Any]:
         "timed_steps": timer.steps,
         "warmup_steps": timer.warmup,
         "grad_acc_steps": trainer.args.gradient_accumulation_steps,
-        "optimizer": optimizer_settings(trainer),
-        **execution_path(trainer),
+        **what_ran(trainer),
     }
 
 
