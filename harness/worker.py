@@ -177,7 +177,8 @@ def build_trainer(
         ramp=ramp,
         **opt_kwargs,
     )
-    if args.fsdp_plugin_args is not None and device.type == "cpu":
+    # CPU jobs only: GPU jobs never read the Trainer's FSDP internals (their accelerate enables FSDP).
+    if device.type == "cpu" and args.fsdp_plugin_args is not None:
         _fsdp_on_cpu(trainer)
     return trainer
 
