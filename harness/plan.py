@@ -74,7 +74,26 @@ def unsupported_reason(case: Case) -> str | None:
         return "DeepSpeed needs CUDA GPUs: the cpu profile runs DDP only"
     if case.gpu_type == "cpu" and case.method.offloading:
         return "offloading to the CPU measures nothing on a CPU run"
+    if missing := missing_packages(case):
+        wheels = " ".join(name.replace("_", "-") for name in missing)
+        return (
+            f"{case.method.slug} on {case.gpu_type} needs {', '.join(missing)}, not installed here "
+            f"(pip install --no-build-isolation {wheels})"
+        )
     return None
+
+
+def missing_packages(case: Case) -> list[str]:
+    """Packages a GPU case's method runs on that are not importable: DeepSpeed for ZeRO, and a model's
+    CUDA kernels for free lunch (without them Mamba's free lunch would time the reference scan)."""
+    from models import get_model
+
+    if case.gpu_type == "cpu":
+        return []
+    needed = ["deepspeed"] if case.method.uses_deepspeed else []
+    if case.method.free_lunch:
+        needed += get_model(case.model).kernels
+    return [name for name in needed if not package_available(name)]
 
 
 def per_device_target(case: Case) -> int:

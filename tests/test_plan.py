@@ -302,8 +302,14 @@ def test_batch_not_divisible_is_a_value_error():
 # --- unsupported cases -------------------------------------------------------------------------
 
 
+@pytest.fixture
+def installed(monkeypatch):
+    """Every optional package counts as installed unless a test says otherwise."""
+    monkeypatch.setattr(plan_module, "package_available", lambda name: True)
+
+
 @pytest.mark.parametrize("sharding", ["zero1", "zero2", "zero3"])
-def test_deepspeed_on_cpu_is_unsupported(sharding):
+def test_deepspeed_on_cpu_is_unsupported(sharding, installed):
     reason = unsupported_reason(case("pythia-14m", "cpu", 2, sharding=sharding))
     assert reason is not None and "DeepSpeed" in reason
     assert unsupported_reason(case("pythia-14m", "h100", 2, sharding=sharding)) is None
@@ -317,7 +323,20 @@ def test_fsdp_runs_on_cpu_but_not_its_offload(sharding):
     assert unsupported_reason(case("pythia-14m", "h100", 2, sharding=sharding, offloading=True)) is None
 
 
-def test_convnext_checkpointing_is_unsupported():
+def test_a_missing_gpu_package_is_named_with_its_install_line(monkeypatch):
+    monkeypatch.setattr(plan_module, "package_available", lambda name: name == "causal_conv1d")
+    reason = unsupported_reason(case("mamba", gpus=1))
+    assert reason is not None and "needs mamba_ssm, not installed" in reason
+    assert "pip install --no-build-isolation mamba-ssm" in reason
+    # Naive Mamba runs the reference scan on purpose; the CPU profile never uses the kernels.
+    assert unsupported_reason(case("mamba", gpus=1, free_lunch=False)) is None
+    assert unsupported_reason(case("tiny-mamba", "cpu", 1)) is None
+    reason = unsupported_reason(case("pythia-160m", gpus=2, sharding="zero2"))
+    assert reason is not None and "needs deepspeed" in reason
+    assert unsupported_reason(case("pythia-160m", gpus=2, sharding="fsdp_full")) is None
+
+
+def test_convnext_checkpointing_is_unsupported(installed):
     reason = unsupported_reason(case("convnext", activation_checkpointing=True))
     assert reason is not None and "ConvNext" in reason and "checkpointing" in reason
     assert unsupported_reason(case("tiny-convnext", "cpu", 1, activation_checkpointing=True)) is not None
