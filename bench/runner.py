@@ -1,4 +1,4 @@
-"""The session's view of the engine: options from the command line, the store, the fingerprint."""
+"""The session's view of the engine: options from the command line, the store, the environment."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from harness.store import ResultStore
 class Runner:
     store: ResultStore
     environment: dict
-    fingerprint: str
     options: EngineOptions
     parity_references: dict[tuple, list[float]] = field(default_factory=dict)
 
@@ -59,7 +58,6 @@ class Runner:
         return cls(
             store=ResultStore(config.getoption("results_dir")),
             environment=environment,
-            fingerprint=fingerprint_key(environment),
             options=options,
         )
 
@@ -76,7 +74,7 @@ class Runner:
         )
 
     def stored(self, case: Case) -> Result | None:
-        return self.store.latest_comparable(case.id, self.environment)
+        return self.store.latest_comparable(case, self.environment)
 
     def measure(self, case: Case) -> Result:
         progress = self.options.progress
@@ -87,7 +85,7 @@ class Runner:
                 case,
                 store=self.store,
                 environment=self.environment,
-                fingerprint=self.fingerprint,
+                fingerprint=fingerprint_key(self.environment, case),
                 options=self.options,
             )
         finally:

@@ -91,6 +91,12 @@ def host_identity() -> dict[str, Any]:
     }
 
 
-def fingerprint_key(env: dict[str, Any]) -> str:
-    text = "|".join(f"{k}={env.get(k)}" for k in KEY_FIELDS)
+def key_fields(case: Any) -> tuple[str, ...]:
+    """The KEY_FIELDS that decide whether two results of `case` are comparable: DeepSpeed's version
+    only where DeepSpeed runs, so installing it keeps every other case's results (resume, checks)."""
+    return tuple(k for k in KEY_FIELDS if k != "deepspeed" or case.method.uses_deepspeed)
+
+
+def fingerprint_key(env: dict[str, Any], case: Any) -> str:
+    text = "|".join(f"{k}={env.get(k)}" for k in key_fields(case))
     return hashlib.sha256(text.encode()).hexdigest()[:16]

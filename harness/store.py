@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from harness.cases import Case
 from harness.result import Result
 
 DEFAULT_ROOT = Path("runs") / "results"
@@ -75,15 +76,15 @@ class ResultStore:
         found = max(self._read(paths), key=lambda r: r.get("created", 0.0), default=None)
         return Result.from_dict(found) if found else None
 
-    def latest_comparable(self, case_id: str, environment: dict[str, Any]) -> Result | None:
+    def latest_comparable(self, case: Case, environment: dict[str, Any]) -> Result | None:
         """The newest usable result of a case measured on this machine's hardware and software stack,
         whatever version of this code measured it: what checks of stored predictions start from."""
-        from harness.env import KEY_FIELDS
+        from harness.env import key_fields
 
-        fields = [k for k in KEY_FIELDS if k != "code_version"]
+        fields = [k for k in key_fields(case) if k != "code_version"]
         found = [
             r
-            for r in self._read(sorted((self.root / case_id).glob("*.json")))
+            for r in self._read(sorted((self.root / case.id).glob("*.json")))
             if r.get("status") == "ok" and all(r["environment"].get(k) == environment.get(k) for k in fields)
         ]
         newest = max(found, key=lambda r: r.get("created", 0.0), default=None)
