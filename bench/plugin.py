@@ -107,7 +107,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="time at the recipe's full gradient accumulation instead of extrapolating",
     )
-    group.addoption("--job-timeout", type=float, default=1800.0, help="seconds before a job is killed")
+    group.addoption(
+        "--job-timeout",
+        type=float,
+        default=1800.0,
+        help="seconds before a job is killed (a validation job gets its predicted training time on top)",
+    )
     group.addoption(
         "--validate",
         action="store_true",

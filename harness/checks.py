@@ -32,6 +32,9 @@ from harness.store import ResultStore
 # wrong masking) moves the loss by far more than these.
 PARITY_TOLERANCE = {"fp32": 5e-3, "tf32": 1e-2, "fp16": 2e-2, "bf16": 3e-2}
 VALIDATION_WARMUP = 3
+# A validation job trains for (warm-up + steps) x the predicted step on top of the setup and compile
+# time the job timeout covers; the margin keeps a prediction that is off by half from being killed.
+VALIDATION_TIME_MARGIN = 1.5
 # Parity runs train at the recipe's peak learning rate from the first step: under the recipe's warmup
 # the first steps' learning rate is ~1e-6 of the peak (Pythia: 6e-4 over 1,430 steps), the weights
 # barely move, and the comparison would check the forward pass only, not the optimizer path that
@@ -139,13 +142,14 @@ def _validation_part(
     part_id = uuid.uuid4().hex
     # Named to the part too: two parts started within one second keep their own folders.
     job_dir = options.work_dir / case.id / f"{time.strftime('%Y%m%dT%H%M%S')}-{part_id[:8]}" / "validate"
+    training_s = VALIDATION_TIME_MARGIN * (VALIDATION_WARMUP + steps) * (result.step_time_s or 0.0)
     outcome = run_plan(
         case,
         "validate",
         result.micro_batch_size or 0,
         result.grad_acc_steps or 0,
         VALIDATION_WARMUP + steps,
-        options,
+        replace(options, timeout_s=options.timeout_s + training_s),
         job_dir,
         warmup_steps=VALIDATION_WARMUP,
         timed_steps=steps,

@@ -128,10 +128,12 @@ class FakeJobs:
         from harness.launch import JobOutcome
 
         self.calls: list[int] = []
+        self.timeouts: list[float] = []
 
         def run_plan(case, mode, mb, gas, max_steps, options, job_dir, *, timed_steps, **kwargs):
             assert mode == "validate" and kwargs["plan"] == {"fake": "plan"}
             self.calls.append(timed_steps)
+            self.timeouts.append(options.timeout_s)
             result = {
                 "window_step_s": windows[len(self.calls) - 1],
                 "environment": {"boot_id": boots[len(self.calls) - 1], "code_version": code_version()},
@@ -183,6 +185,17 @@ def test_a_validation_in_parts_goes_on_where_it_stopped(tmp_path, monkeypatch):
     FakeJobs(monkeypatch, windows=[3.0], boots=["boot-a"])
     again = validate(result, store=store, options=opts, steps=5)
     assert again["measured_step_s"] == pytest.approx(3.0)
+
+
+def test_a_validation_job_gets_its_predicted_training_time_beyond_the_job_timeout(tmp_path, monkeypatch):
+    # A 30-s step validated over 10 steps trains for 6.5 minutes after 3 warm-up steps: a job timeout
+    # meant for setup and hangs must not kill it.
+    opts = replace(options(tmp_path), timeout_s=100.0)
+    jobs = FakeJobs(monkeypatch, windows=[30.0], boots=["boot-a"])
+    validate(
+        replace(predicted(), step_time_s=30.0), store=ResultStore(tmp_path / "s"), options=opts, steps=10
+    )
+    assert jobs.timeouts == [pytest.approx(100.0 + 1.5 * 13 * 30.0)]
 
 
 def test_parts_of_another_prediction_or_code_version_are_not_combined(tmp_path, monkeypatch):
