@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import faulthandler
 import importlib
+import inspect
 import json
 import os
 import re
@@ -226,7 +227,11 @@ def mamba_kernel_path() -> bool | None:
     if module is None:
         return None
     fn = getattr(module, "mamba_inner_fn", None)
-    return bool(fn is not None and getattr(fn, "__module__", "").startswith("mamba_ssm"))
+    # transformers 5.x keeps the module-level name for a wrapper (named after its PyTorch reference)
+    # that calls the function it bound at import, mamba-ssm's or the reference, from its closure.
+    if inspect.isfunction(fn):
+        fn = inspect.getclosurevars(fn).nonlocals.get("implementation", fn)
+    return bool(fn is not None and (getattr(fn, "__module__", "") or "").startswith("mamba_ssm"))
 
 
 def execution_path(trainer: Trainer) -> dict[str, Any]:

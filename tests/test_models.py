@@ -371,3 +371,34 @@ def test_flops_at_paper_scale_are_the_known_sizes():
     assert get_model("vit").flops_per_sample() / 3 / 2 == pytest.approx(61.6e9, rel=0.02)
     assert get_model("convnext").flops_per_sample() / 3 / 2 == pytest.approx(60.9e9, rel=0.02)
     assert math.isclose(get_model("mamba").flops_per_sample(), 6 * 2.768e9 * 4096, rel_tol=0.02)
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_the_mamba_kernel_path_is_read_through_transformers_wrapper(monkeypatch, installed):
+    """The record says which scan ran: transformers wraps mamba-ssm's function (or its reference) in a
+    function of its own module, so the module-level name alone cannot tell."""
+    import sys
+    import types
+
+    from transformers.integrations import use_kernel_func_from_hub_with_fallback
+
+    from harness.worker import mamba_kernel_path
+
+    package = types.ModuleType("mamba_ssm")
+
+    def kernel(xz, conv1d_weight):
+        return "kernel"
+
+    kernel.__module__ = "mamba_ssm.ops.selective_scan_interface"
+    package.mamba_inner_fn = kernel  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "mamba_ssm", package if installed else None)
+
+    @use_kernel_func_from_hub_with_fallback("mamba_inner_fn", "mamba_ssm")
+    def mamba_inner_fn(xz, conv1d_weight):
+        return "reference"
+
+    modeling = types.ModuleType("transformers.models.mamba.modeling_mamba")
+    modeling.mamba_inner_fn = mamba_inner_fn  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, modeling.__name__, modeling)
+    assert mamba_inner_fn(1, 2) == ("kernel" if installed else "reference")
+    assert mamba_kernel_path() is installed
