@@ -161,12 +161,12 @@ def test_a_hung_rank_ends_at_the_timeout(tmp_path):
 def test_accumulation_model_against_the_full_accumulation(tmp_path):
     """step(G) = G*load + (G-1)*t_micro + t_final, checked inside a run at the full accumulation.
 
-    Each step of an 8-micro-batch run is predicted from what a 2-micro-batch measurement would have
-    seen of it (its load, its first no_sync micro-batch, its final micro-batch + optimizer step) and
-    compared with the same step's synchronized wall time: the same step, so a shared CPU's noise
-    cannot fake or hide a wrong model (dropping the accumulation term is off by ~4x here). The run
-    with 2 micro-batches must extrapolate to the same accumulation; the tight cross-run comparison
-    is the GPU's (reports/results/h100x1/accum-check: 0.06% apart).
+    The steps of an 8-micro-batch run are predicted from their parts (load, no_sync micro-batch, final
+    micro-batch + optimizer step) and compared with their synchronized wall time, inside one run, so
+    that a shared CPU's noise between runs cannot fake or hide a wrong model (dropping the
+    accumulation term is off by ~4x here). The run with 2 micro-batches must extrapolate to the same
+    accumulation; the tight cross-run comparison is the GPU's (reports/results/h100x1/accum-check:
+    0.06% apart).
     """
     case = Case(model="pythia-14m", gpu_type="cpu", gpus_per_node=1, method=NAIVE)
     full = run(tmp_path / "b", case, max_micro_batch=1, full_accumulation=True)
@@ -176,11 +176,13 @@ def test_accumulation_model_against_the_full_accumulation(tmp_path):
     walls, finals, loads = timing["measured_step_wall_s"], timing["final_samples_s"], timing["load_samples_s"]
     micro = timing["micro_samples_s"]
     assert len(micro) == 7 * len(walls)  # 7 no_sync micro-batches per step, then the final one
-    ratios = [(loads[k] + 7 * micro[7 * k] + finals[k]) / wall for k, wall in enumerate(walls)]
-    # The median step within 35%: a model that drops the accumulation term is ~4x off. No bound per
-    # step: each prediction multiplies one micro-batch's time by 7, and on a shared 2-core machine one
-    # slowed micro-batch puts a single step 2x off (seen: 0.49 and 2.09 beside 0.95 to 1.13).
-    assert statistics.median(ratios) == pytest.approx(1.0, rel=0.35), ratios
+    # The engine's own estimators, medians over the run, against the median synchronized step: within
+    # 35%, where a model that drops the accumulation term is ~4x off. Not step by step from each step's
+    # first micro-batch: on a shared 2-core machine one micro-batch times 7 put single steps 2x off,
+    # and with other jobs on the cores the median of such ratios fell to 0.41.
+    median = statistics.median
+    predicted = median(loads) + 7 * median(micro) + median(finals)
+    assert predicted == pytest.approx(median(walls), rel=0.35), (predicted, walls, micro, finals, loads)
     extrapolated = run(tmp_path / "a", case, max_micro_batch=1, max_measured_grad_acc=2)
     assert extrapolated.status == "ok", extrapolated.reason
     assert extrapolated.measured_grad_acc_steps == 2 and extrapolated.grad_acc_steps == 8
@@ -199,6 +201,20 @@ def test_store_resumes_skips_corrupt_and_forces(tmp_path):
     assert forced.created > first.created
     records = list((tmp_path / "store" / case.id).glob("*.json"))
     assert len(records) == 3 and all(json.loads(p.read_text()) for p in records if "broken" not in p.name)
+
+
+def test_loader_workers_feed_the_timed_steps_and_key_the_stored_result(tmp_path):
+    case = Case(model="tiny-vit", gpu_type="cpu", gpus_per_node=1, method=NAIVE)
+    default = run(tmp_path, case, max_micro_batch=2)
+    assert default.status == "ok", default.reason
+    assert default.timing["loader_workers"] == 0  # read back from the Trainer's own loader
+    workers = run(tmp_path, case, max_micro_batch=2, loader_workers=2)
+    assert workers.status == "ok", workers.reason
+    # Not the stored result of the default loader: measured again, with two processes feeding it.
+    assert workers.created > default.created
+    assert workers.timing["loader_workers"] == 2
+    assert workers.plan["training_args"]["dataloader_num_workers"] == 2
+    assert run(tmp_path, case, max_micro_batch=2, loader_workers=2).created == workers.created  # resumed
 
 
 def test_jobs_that_finished_before_an_interruption_are_not_run_again(tmp_path):
