@@ -103,6 +103,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--timed-steps", type=int, default=5, help="timed optimizer steps per case (at least 5)")
     group.addoption("--max-micro-batch", type=int, default=None, help="cap the micro-batch probe")
     group.addoption(
+        "--loader-workers",
+        type=int,
+        default=0,
+        help="data-loader worker processes per GPU (the Trainer's dataloader_num_workers; default 0, "
+        "its default: the training process collates every micro-batch)",
+    )
+    group.addoption(
         "--full-accumulation",
         action="store_true",
         help="time at the recipe's full gradient accumulation instead of extrapolating",
@@ -178,6 +185,9 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(
             f"--validation-steps must be at least 1, got {config.getoption('validation_steps')}"
         )
+    workers = config.getoption("loader_workers", 0)
+    if workers < 0:
+        raise pytest.UsageError(f"--loader-workers must be 0 or more, got {workers}")
     chunk = config.getoption("validation_chunk", None)
     if chunk is not None and chunk < 1:
         raise pytest.UsageError(f"--validation-chunk must be at least 1 step, got {chunk}")

@@ -49,6 +49,7 @@ class Runner:
         options = EngineOptions(
             timed_steps=timed,
             max_micro_batch=config.getoption("max_micro_batch"),
+            loader_workers=config.getoption("loader_workers"),
             full_accumulation=config.getoption("full_accumulation"),
             timeout_s=config.getoption("job_timeout"),
             work_dir=Path(config.getoption("jobs_dir")),

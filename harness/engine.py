@@ -17,6 +17,7 @@ from harness.cases import Case
 from harness.launch import JobOutcome, run_job
 from harness.plan import (
     BatchNotDivisibleError,
+    Plan,
     candidate_micro_batches,
     make_plan,
     per_device_target,
@@ -38,6 +39,7 @@ class EngineOptions:
     full_accumulation: bool = False  # time at the recipe's accumulation: no extrapolation
     probe_divisors: bool = False  # probe every divisor of the per-GPU batch, not only powers of two
     max_micro_batch: int | None = None  # cap the probe (a memory budget below the card's, or CPU runs)
+    loader_workers: int = 0  # data-loader processes per rank in the timed jobs (the Trainer's default: 0)
     # "auto" probes on GPUs only: a CPU job has no device memory to exhaust, so the largest candidate
     # is taken without a probe job; "always" probes anyway (the fault-injection tests do).
     probe: str = "auto"
@@ -64,13 +66,21 @@ def measure_case(
     A stored error (a crash, a hang, a sanity gate) is measured again: it says nothing about the case.
     """
     done = None if options.force else store.latest(case.id, fingerprint)
-    if done is not None and done.status != "error":
+    if done is not None and done.status != "error" and _same_loader(done, options):
         return done
     if done is not None:
         options = replace(options, reuse_finished_jobs=False)
     result = _measure(case, environment=environment, fingerprint=fingerprint, options=options)
     store.append(result)
     return result
+
+
+def _same_loader(result: Result, options: EngineOptions) -> bool:
+    """Whether a stored result was timed with the data loader these options ask for (a result without
+    a plan, infeasible before any timing, stands for any)."""
+    if not result.plan:
+        return True
+    return result.plan["training_args"].get("dataloader_num_workers", 0) == options.loader_workers
 
 
 def _measure(case: Case, *, environment: dict[str, Any], fingerprint: str, options: EngineOptions) -> Result:
@@ -114,7 +124,8 @@ def _measure(case: Case, *, environment: dict[str, Any], fingerprint: str, optio
             job_root / f"time-mb{micro_batch}",
         )
         if outcome.ok:
-            return _finish(base, case, outcome.result or {}, micro_batch, grad_acc, timing_ooms)
+            plan = make_plan(case, micro_batch, grad_acc, loader_workers=options.loader_workers)
+            return _finish(base, plan, outcome.result or {}, timing_ooms)
         if not outcome.oom_events():
             return replace(
                 base,
@@ -143,7 +154,7 @@ def _run(
     options: EngineOptions,
     job_dir: Path,
 ) -> JobOutcome:
-    plan = make_plan(case, micro_batch, grad_acc).to_dict()
+    plan = make_plan(case, micro_batch, grad_acc, loader_workers=options.loader_workers).to_dict()
     warmup = _warmup(options, plan["training_args"])
     steps = warmup + options.timed_steps if mode == "time" else len(extra.get("micro_batches", [1]))
     # The same job of an earlier, interrupted attempt at this case, newest first: if it finished, its
@@ -189,7 +200,7 @@ def run_plan(
     loss-parity runs' schedule).
     """
     if plan is None:
-        plan = make_plan(case, micro_batch, grad_acc).to_dict()
+        plan = make_plan(case, micro_batch, grad_acc, loader_workers=options.loader_workers).to_dict()
     plan = json.loads(json.dumps(plan))  # a copy: the caller's plan (a stored result's) stays as it is
     assert plan["micro_batch_size"] == micro_batch and plan["grad_acc_steps"] == grad_acc
     plan["training_args"] |= {"max_steps": steps, "output_dir": str(job_dir / "trainer")}
@@ -251,15 +262,14 @@ def _fitting(probe: JobOutcome, world: int, candidates: list[int]) -> list[int]:
     return fits
 
 
-def _finish(
-    base: Result, case: Case, timing: dict[str, Any], micro_batch: int, grad_acc: int, timing_ooms: list[str]
-) -> Result:
+def _finish(base: Result, plan: Plan, timing: dict[str, Any], timing_ooms: list[str]) -> Result:
+    """The result of a timing job that trained `plan`: the plan is what the report exports."""
     from hardware import get_gpu
     from models import get_model
 
+    case, micro_batch, grad_acc = plan.case, plan.micro_batch_size, plan.grad_acc_steps
     spec = get_model(case.model)
     recipe = spec.recipe
-    plan = make_plan(case, micro_batch, grad_acc)  # exactly what the report exports
     step = timing["step_time_s"]
     samples_per_s = recipe.global_batch / step
     flops_per_gpu = spec.flops_per_sample() * samples_per_s / case.num_gpus

@@ -61,6 +61,7 @@ class MeasuredTrainer(Trainer):
         self.recorder = recorder
         self.ramp = ramp
         self.fault = faults.parse(os.environ.get(faults.ENV))
+        self.loader_workers: int | None = None
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         if self.recorder is not None:
@@ -88,7 +89,10 @@ class MeasuredTrainer(Trainer):
 
     def get_train_dataloader(self) -> DataLoader:
         if self.ramp is None:
-            return super().get_train_dataloader()
+            loader = super().get_train_dataloader()
+            # Read back for the result: the worker processes that really fed the timed steps.
+            self.loader_workers = loader.num_workers
+            return loader
         # The probe feeds each rank its own batches of growing size, one optimizer step per size.
         rank = self.args.process_index
         batches, start = [], rank * sum(self.ramp)
@@ -250,6 +254,7 @@ def execution_path(trainer: Trainer) -> dict[str, Any]:
         ),
         "gradient_checkpointing": bool(getattr(trainer.model, "is_gradient_checkpointing", False)),
         "mamba_kernels": mamba_kernel_path(),
+        "loader_workers": getattr(trainer, "loader_workers", None),
     }
 
 

@@ -98,6 +98,7 @@ def test_whole_matrix_collects_with_unique_sorted_ids(tmp_path):
         ("--timed-steps", "3", "--timed-steps must be at least 5"),
         ("--validation-steps", "0", "--validation-steps must be at least 1"),
         ("--validation-chunk", "0", "--validation-chunk must be at least 1 step"),
+        ("--loader-workers", "-1", "--loader-workers must be 0 or more, got -1"),
     ],
 )
 def test_invalid_option_values_are_usage_errors(tmp_path, option, value, expected):

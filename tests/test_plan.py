@@ -254,6 +254,21 @@ def test_explicit_accumulation_and_steps_and_output_dir():
         make_plan(c, 48)
 
 
+def test_loader_workers_are_set_only_when_asked_for():
+    c = case(model="vit", gpus=1)
+    default = make_plan(c, 128)
+    # The Trainer's default leaves the plan as it always was: stored plans still compare equal.
+    assert not {"dataloader_num_workers", "dataloader_persistent_workers"} & set(default.training_args)
+    four = make_plan(c, 128, loader_workers=4)
+    assert four.training_args["dataloader_num_workers"] == 4
+    assert four.training_args["dataloader_persistent_workers"] is True
+    assert {k: v for k, v in four.training_args.items() if not k.startswith("dataloader_")} == {
+        k: v for k, v in default.training_args.items() if not k.startswith("dataloader_")
+    }
+    with pytest.raises(ValueError, match="loader workers must be 0 or more, got -1"):
+        make_plan(c, 128, loader_workers=-1)
+
+
 # --- batches -----------------------------------------------------------------------------------
 
 
