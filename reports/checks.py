@@ -202,7 +202,10 @@ def validation_table(records: Sequence[Record]) -> Table:
                 "steps": _fmt_int(r.get("steps")),
                 "warmup steps": _fmt_int(r.get("warmup_steps")),
                 "micro-batch x acc.": f"{mb} x {acc}" if mb is not None and acc is not None else "",
-                "predicted on": "" if same is None else ("this instance" if same else "another instance"),
+                # None: the prediction (or the whole record) predates the record of the instance.
+                "predicted on": "not recorded"
+                if same is None
+                else ("this instance" if same else "another instance"),
             }
         )
     return Table(

@@ -165,6 +165,7 @@ def test_a_validation_on_another_instance_is_listed_not_judged(tmp_path):
     text = (tmp_path / "validation.md").read_text()
     assert "| +48.30% | 20 | 3 | 8 x 16 | another instance |" in text
     assert "| +1.30% | 20 | 3 | 8 x 16 | this instance |" in text
+    assert "| -0.50% | 20 | 3 | 8 x 16 | not recorded |" in text  # judged as it stands
 
 
 def test_parity_rows_say_pass_fail_or_why_skipped(written):
