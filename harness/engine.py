@@ -83,6 +83,11 @@ def _same_loader(result: Result, options: EngineOptions) -> bool:
     return result.plan["training_args"].get("dataloader_num_workers", 0) == options.loader_workers
 
 
+def _plan(case: Case, micro_batch: int, grad_acc: int, options: EngineOptions) -> Plan:
+    """The case's plan with what these options change in it: every job and result plans through here."""
+    return make_plan(case, micro_batch, grad_acc, loader_workers=options.loader_workers)
+
+
 def _measure(case: Case, *, environment: dict[str, Any], fingerprint: str, options: EngineOptions) -> Result:
     base = Result(case=case, status="error", environment=environment, fingerprint=fingerprint)
     if (unsupported := unsupported_reason(case)) is not None:
@@ -124,7 +129,7 @@ def _measure(case: Case, *, environment: dict[str, Any], fingerprint: str, optio
             job_root / f"time-mb{micro_batch}",
         )
         if outcome.ok:
-            plan = make_plan(case, micro_batch, grad_acc, loader_workers=options.loader_workers)
+            plan = _plan(case, micro_batch, grad_acc, options)
             return _finish(base, plan, outcome.result or {}, timing_ooms)
         if not outcome.oom_events():
             return replace(
@@ -154,7 +159,7 @@ def _run(
     options: EngineOptions,
     job_dir: Path,
 ) -> JobOutcome:
-    plan = make_plan(case, micro_batch, grad_acc, loader_workers=options.loader_workers).to_dict()
+    plan = _plan(case, micro_batch, grad_acc, options).to_dict()
     warmup = _warmup(options, plan["training_args"])
     steps = warmup + options.timed_steps if mode == "time" else len(extra.get("micro_batches", [1]))
     # The same job of an earlier, interrupted attempt at this case, newest first: if it finished, its
@@ -200,7 +205,7 @@ def run_plan(
     loss-parity runs' schedule).
     """
     if plan is None:
-        plan = make_plan(case, micro_batch, grad_acc, loader_workers=options.loader_workers).to_dict()
+        plan = _plan(case, micro_batch, grad_acc, options).to_dict()
     plan = json.loads(json.dumps(plan))  # a copy: the caller's plan (a stored result's) stays as it is
     assert plan["micro_batch_size"] == micro_batch and plan["grad_acc_steps"] == grad_acc
     plan["training_args"] |= {"max_steps": steps, "output_dir": str(job_dir / "trainer")}
