@@ -162,8 +162,8 @@ def write_report(
     # A feasible result always carries its plan when the engine made it; a hand-made or older
     # record may not, and then there is nothing exact to export (the page says so).
     exportable = [r for r in best if r.plan]
+    export.export_best(exportable, out_dir)
     if exportable:
-        export.export_best(exportable, out_dir)
         files["best"] = out_dir / "best"
 
     cost_rows = costs.cost_rows(found)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -82,5 +83,16 @@ def export_case(result: Result, best_dir: Path) -> dict[str, Path]:
 
 
 def export_best(results: list[Result], out_dir: Path) -> dict[str, dict[str, Path]]:
-    """One folder per given result under out_dir/best; by case id."""
-    return {r.case.id: export_case(r, out_dir / "best") for r in results}
+    """One folder per given result under out_dir/best; by case id. Folders an earlier report exported
+    for cases that are no longer best are removed: a report regenerated into the same place must not
+    keep offering a setting that a newer measurement beat."""
+    best_dir = out_dir / "best"
+    keep = {r.case.id for r in results}
+    if best_dir.is_dir():
+        for folder in best_dir.iterdir():
+            # Only what export_case writes (a folder with a plan.json); anything else is the user's.
+            if folder.name not in keep and (folder / "plan.json").is_file():
+                shutil.rmtree(folder)
+        if not results and not any(best_dir.iterdir()):
+            best_dir.rmdir()
+    return {r.case.id: export_case(r, best_dir) for r in results}

@@ -355,6 +355,29 @@ def test_best_folders_hold_the_exact_plan_and_its_configs(report):
     assert not (best / "pythia-160m-h100x1-free-lunch" / "deepspeed.json").exists()
 
 
+def test_a_report_regenerated_in_place_drops_the_settings_no_longer_best(tmp_path):
+    out = tmp_path / "report"
+    write_report(fixture_results(), out)
+    (out / "best" / "notes.txt").write_text("mine")
+    (out / "best" / "scratch").mkdir()
+    # A newer free-lunch measurement on two GPUs beats ZeRO-1, which was best before.
+    faster = make_result("pythia-160m", "h100", 2, FREE_LUNCH, 3.0, 64, created=T0 + 60)
+    results = [r for r in fixture_results() if r.case.id != faster.case.id] + [faster]
+    files = write_report(results, out)
+    assert sorted(p.name for p in files["best"].iterdir()) == [
+        "notes.txt",  # not an export: left alone
+        "pythia-14m-cpux2-fsdp-grad-op",
+        "pythia-160m-h100x1-free-lunch",
+        "pythia-160m-h100x2-free-lunch",
+        "pythia-1b-h100x1-ckpt",
+        "scratch",
+    ]
+    (out / "best" / "notes.txt").unlink()
+    (out / "best" / "scratch").rmdir()
+    files = write_report([r for r in results if not r.feasible], out)
+    assert "best" not in files and not (out / "best").exists()
+
+
 def test_costs_follow_the_papers_formula_and_leave_unpriced_types_empty(report):
     with report["costs_csv"].open(newline="") as f:
         rows = {r["case_id"]: r for r in csv.DictReader(f)}
