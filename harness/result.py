@@ -75,3 +75,30 @@ def sanity_problems(result: Result) -> list[str]:
     if result.mfu is not None and result.mfu > 1.0:
         problems.append(f"MFU {result.mfu:.2f} exceeds the hardware peak: the timing is wrong")
     return problems
+
+
+# What bounded a feasible result's micro-batch (see micro_batch_limit).
+LIMIT_MEMORY = "memory"  # the next size ran out of memory, in the probe or in the timed run
+LIMIT_BATCH = "batch"  # the whole per-GPU batch is one micro-batch: nothing larger exists
+LIMIT_CAP = "cap"  # the probe stopped below both without running out: a --max-micro-batch cap
+LIMIT_NOT_PROBED = "not probed"  # no probe ran (CPU cases): the largest candidate was taken
+
+
+def micro_batch_limit(result: Result) -> str:
+    """What bounded this result's micro-batch; "" for a result without one.
+
+    Read from what the result holds (its accumulation, its probe events, the reason a timed run stepped
+    down), so it holds for results stored before any cap was recorded: a probe that ends on a fit below
+    the per-GPU batch stopped because it was told to.
+    """
+    if not result.feasible or result.micro_batch_size is None:
+        return ""
+    if result.grad_acc_steps == 1:
+        return LIMIT_BATCH
+    if result.reason:  # a feasible result's reason: the timed run's out-of-memory step-down
+        return LIMIT_MEMORY
+    if not result.probe:
+        return LIMIT_NOT_PROBED
+    if any(event.get("event") == "oom" for event in result.probe):
+        return LIMIT_MEMORY
+    return LIMIT_CAP

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.methods import FREE_LUNCH, NAIVE, Method, memory_saving_options
-from harness.result import Result
+from harness.result import Result, micro_batch_limit
 from reports import paper
 
 # The Result fields copied into results.csv as they are.
@@ -67,6 +67,7 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "feasible",
     "reason",
     *MEASURED_FIELDS,
+    "micro_batch_limit",  # what bounded the micro-batch: memory, batch, cap or not probed
     *ENVIRONMENT_KEYS[1:],  # gpu_name stands with the hardware columns above
     "fingerprint",
     "created",
@@ -118,6 +119,7 @@ def result_row(result: Result) -> dict[str, Any]:
         "status": result.status,
         "feasible": result.feasible,
         "reason": result.reason,
+        "micro_batch_limit": micro_batch_limit(result),
         "fingerprint": result.fingerprint,
         "created": datetime.datetime.fromtimestamp(result.created, datetime.UTC).isoformat(
             timespec="seconds"

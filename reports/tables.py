@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from harness.result import Result
+from harness.result import LIMIT_CAP, Result, micro_batch_limit
 from reports import paper
 from reports.rows import (
     Group,
@@ -190,7 +190,11 @@ def best_settings_table(groups: list[Group]) -> Table:
                 "accumulation": str(best.grad_acc_steps),
                 "days": fmt_days(best.training_days),
                 "MFU": fmt_mfu(best.mfu),
-                "note": f"{len(group.feasible)} of {len(group.results)} methods ran",
+                "note": "; ".join(
+                    filter(
+                        None, [f"{len(group.feasible)} of {len(group.results)} methods ran", capped([best])]
+                    )
+                ),
             }
         config = group.paper_config
         if config is not None:
@@ -267,6 +271,7 @@ def memory_saving_table(groups: list[Group]) -> Table:
         "worst days",
         "worst method",
         "worst speedup",
+        "note",
     ]
     rows = []
     for group in groups:
@@ -280,6 +285,7 @@ def memory_saving_table(groups: list[Group]) -> Table:
             "options ran": f"{stats.feasible} of {stats.tried}",
             "median days": fmt_days(stats.median_days),
             "median speedup": fmt_ratio(stats.speedup(stats.median_days)),
+            "note": capped([r for r in (group.free_lunch, *group.memory_saving) if r is not None]),
         }
         for name, result in (("best", stats.best), ("worst", stats.worst)):
             if result is not None:
@@ -298,6 +304,15 @@ def memory_saving_table(groups: list[Group]) -> Table:
             "empty where free lunch alone is infeasible or was not run.",
         ),
     )
+
+
+def capped(results: list[Result]) -> str:
+    """A note naming the results whose micro-batch a cap bounded: their days are not the method's best,
+    and comparisons with them are not at each method's largest micro-batch."""
+    slugs = [
+        f"{r.case.method.slug} at {r.micro_batch_size}" for r in results if micro_batch_limit(r) == LIMIT_CAP
+    ]
+    return f"micro-batch capped (larger not tried): {', '.join(slugs)}" if slugs else ""
 
 
 def feasibility_table(groups: list[Group]) -> Table:

@@ -11,7 +11,7 @@ from harness.cases import Case
 from harness.checks import PARITY_TOLERANCE, loss_parity, validate
 from harness.engine import EngineOptions, measure_case
 from harness.methods import FREE_LUNCH, NAIVE, Method
-from harness.result import Result, sanity_problems
+from harness.result import Result, micro_batch_limit, sanity_problems
 from harness.store import ResultStore
 
 
@@ -114,6 +114,22 @@ def test_sanity_gates():
     assert "not finite" in sanity_problems(ok_result(losses=[2.0, float("nan")]))[0]
     assert "at least 5" in sanity_problems(ok_result(step_samples_s=[1.0] * 4))[0]
     assert "finite positive" in sanity_problems(ok_result(step_samples_s=[1.0] * 4 + [0.0]))[0]
+
+
+def test_what_bounded_the_micro_batch_is_read_from_the_result():
+    fit = [{"event": "fit", "micro_batch": 1, "implied_by": 2}, {"event": "fit", "micro_batch": 2}]
+    oom = {"event": "oom", "micro_batch": 4, "rank": 0}
+    probed = replace(ok_result(), micro_batch_size=2, grad_acc_steps=4, probe=fit)
+    assert micro_batch_limit(replace(probed, probe=[*fit, oom])) == "memory"
+    assert micro_batch_limit(probed) == "cap"  # stopped on a fit below the per-GPU batch
+    # The probe's step fitted at 4 but the timed run did not, and stepped down: memory again.
+    stepped = replace(probed, probe=[*fit, {"event": "fit", "micro_batch": 4}], reason="OOM at micro-batch 4")
+    assert micro_batch_limit(stepped) == "memory"
+    assert micro_batch_limit(replace(probed, grad_acc_steps=1)) == "batch"
+    assert micro_batch_limit(replace(probed, probe=[])) == "not probed"
+    assert (
+        micro_batch_limit(Result(case=probed.case, status="infeasible", reason="OOM at micro-batch 1")) == ""
+    )
 
 
 # --- validation in parts (the jobs faked: what is combined, and when) ---------------------------

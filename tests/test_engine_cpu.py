@@ -13,6 +13,7 @@ import pytest
 from harness.cases import Case
 from harness.engine import EngineOptions, measure_case
 from harness.methods import Method
+from harness.result import micro_batch_limit
 from harness.store import ResultStore
 
 pytestmark = pytest.mark.slow
@@ -51,6 +52,7 @@ def test_ddp_two_processes_timed_through_the_trainer(tmp_path):
     assert result.plan["training_args"]["max_steps"] == recipe.training_steps
     assert result.plan["training_args"]["gradient_accumulation_steps"] == 2
     assert result.training_days == pytest.approx(recipe.training_steps * result.step_time_s / 86400)
+    assert micro_batch_limit(result) == "not probed"  # the CPU takes the largest candidate
 
 
 @pytest.mark.parametrize(
@@ -97,6 +99,7 @@ def test_oom_on_one_rank_only_is_agreed_and_the_probe_steps_down(tmp_path):
     # Micro-batch 1 is tried on its own only because 2 did not fit.
     fits = [(e["rank"], e["micro_batch"]) for e in result.probe if e["event"] == "fit"]
     assert sorted(fits) == [(0, 1), (1, 1)]
+    assert micro_batch_limit(result) == "memory"
     attempt = next((tmp_path / "jobs" / case.id).iterdir())
     assert sorted(p.name for p in attempt.iterdir()) == ["probe", "probe-mb1", "time-mb1"]
 
@@ -125,6 +128,7 @@ def test_micro_batch_1_is_implied_when_2_fits(tmp_path):
     assert tried == [2, 4]
     implied = [e for e in result.probe if "implied_by" in e]
     assert implied == [{"event": "fit", "micro_batch": 1, "implied_by": 2}]
+    assert micro_batch_limit(result) == "cap"  # 4 fitted, and 8 was never tried
 
 
 def test_oom_at_the_smallest_micro_batch_is_infeasible_with_its_reason(tmp_path):

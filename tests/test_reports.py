@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -243,6 +244,7 @@ def test_memory_saving_best_median_worst_relative_to_free_lunch(report):
         "worst days": "25.0",
         "worst method": "zero2-offload",
         "worst speedup": "0.40x",
+        "note": "",  # no probe events: not probed, so no cap to name
     }
     two = row_of(rows, model="pythia-160m", hardware="h100 x2")
     assert (two["best speedup"], two["median days"], two["median speedup"], two["worst speedup"]) == (
@@ -376,6 +378,36 @@ def test_a_report_regenerated_in_place_drops_the_settings_no_longer_best(tmp_pat
     (out / "best" / "scratch").rmdir()
     files = write_report([r for r in results if not r.feasible], out)
     assert "best" not in files and not (out / "best").exists()
+
+
+def test_a_micro_batch_a_cap_bounded_is_named_wherever_it_is_compared(tmp_path):
+    def probed(result: Result, *, oom: bool) -> Result:
+        events = [{"event": "fit", "micro_batch": result.micro_batch_size}]
+        return replace(
+            result, probe=events + [{"event": "oom", "micro_batch": 2 * result.micro_batch_size}] * oom
+        )
+
+    results = [
+        probed(make_result("pythia-160m", "h100", 2, FREE_LUNCH, 5.0, 32), oom=True),
+        probed(make_result("pythia-160m", "h100", 2, ZERO1, 4.0, 8), oom=False),
+        probed(make_result("pythia-160m", "h100", 2, FSDP_FULL_CKPT, 6.0, 8), oom=False),
+    ]
+    files = write_report(results, tmp_path)
+    with files["results_csv"].open(newline="") as f:
+        limits = {r["case_id"]: r["micro_batch_limit"] for r in csv.DictReader(f)}
+    assert limits == {
+        "pythia-160m-h100x2-free-lunch": "memory",
+        "pythia-160m-h100x2-zero1": "cap",
+        "pythia-160m-h100x2-fsdp-full-ckpt": "cap",
+    }
+    best = row_of(table(files["optimal_configs"], "Best setting per model"), model="pythia-160m")
+    assert best["method"] == "zero1"
+    assert best["note"] == "3 of 3 methods ran; micro-batch capped (larger not tried): zero1 at 8"
+    saving = row_of(table(files["optimal_configs"], "Memory-saving options"), model="pythia-160m")
+    assert saving["note"] == "micro-batch capped (larger not tried): zero1 at 8, fsdp-full-ckpt at 8"
+    # Nothing capped, nothing said.
+    files = write_report([probed(r, oom=True) for r in results], tmp_path / "uncapped")
+    assert row_of(table(files["optimal_configs"], "Memory-saving options"), model="pythia-160m")["note"] == ""
 
 
 def test_costs_follow_the_papers_formula_and_leave_unpriced_types_empty(report):
