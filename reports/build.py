@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.result import Result
+from harness.result import LIMIT_CAP, Result, micro_batch_limit
 from reports import checks, costs, export, html, plots
 from reports.rows import RESULT_COLUMNS, Group, dedupe, environment_value, groups, result_row
 from reports.tables import (
@@ -39,6 +39,11 @@ def results_frame(results: list[Result]) -> pd.DataFrame:
     return pd.DataFrame([result_row(r) for r in dedupe(results)], columns=list(RESULT_COLUMNS), dtype=object)
 
 
+def _micro_batch(result: Result) -> str:
+    cell = f"{result.micro_batch_size} x {result.grad_acc_steps}"
+    return f"{cell} (capped)" if micro_batch_limit(result) == LIMIT_CAP else cell
+
+
 def summary_table(found: list[Group]) -> Table:
     """The best setting per model and node: what the terminal summary prints."""
     rows = []
@@ -49,7 +54,7 @@ def summary_table(found: list[Group]) -> Table:
                 "model": group.model,
                 "hardware": group.label,
                 "method": best.case.method.slug if best else group.status,
-                "micro-batch x acc.": f"{best.micro_batch_size} x {best.grad_acc_steps}" if best else "",
+                "micro-batch x acc.": _micro_batch(best) if best else "",
                 "days": fmt_days(best.training_days) if best else "",
                 "MFU": fmt_mfu(best.mfu) if best else "",
             }

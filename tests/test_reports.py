@@ -24,7 +24,8 @@ from harness.plan import make_plan
 from harness.result import Result
 from harness.store import ResultStore
 from reports import paper
-from reports.build import write_report
+from reports.build import summary_table, write_report
+from reports.rows import groups
 
 ROOT = Path(__file__).resolve().parents[1]
 H100_NAME = "NVIDIA H100 80GB HBM3"
@@ -405,6 +406,8 @@ def test_a_micro_batch_a_cap_bounded_is_named_wherever_it_is_compared(tmp_path):
     assert best["note"] == "3 of 3 methods ran; micro-batch capped (larger not tried): zero1 at 8"
     saving = row_of(table(files["optimal_configs"], "Memory-saving options"), model="pythia-160m")
     assert saving["note"] == "micro-batch capped (larger not tried): zero1 at 8, fsdp-full-ckpt at 8"
+    summary = summary_table(groups(results)).frame.iloc[0]
+    assert (summary["method"], summary["micro-batch x acc."]) == ("zero1", "8 x 64 (capped)")
     # Nothing capped, nothing said.
     files = write_report([probed(r, oom=True) for r in results], tmp_path / "uncapped")
     assert row_of(table(files["optimal_configs"], "Memory-saving options"), model="pythia-160m")["note"] == ""
