@@ -43,7 +43,7 @@ def test_case(case: Case, engine, record_property, benchmark, request) -> None:
 
 def _check(case: Case, engine, record_property, config: pytest.Config, result: Result | None = None) -> None:
     """--validate and --parity: of the result just measured, or (--checks-only) of the stored one."""
-    not_validated = None
+    not_validated = not_compared = None
     if config.getoption("validate"):
         result = result or engine.stored(case)
         if result is None:
@@ -63,10 +63,12 @@ def _check(case: Case, engine, record_property, config: pytest.Config, result: R
     if config.getoption("parity") and case.method.free_lunch:
         parity = engine.parity(case, config.getoption("parity_steps"))
         record_property("pretrain_bench_parity", parity)
-        if "skipped_reason" not in parity:
+        if "skipped_reason" in parity:
+            not_compared = f"loss parity of {case.id} not compared: {parity['skipped_reason']}"
+        else:
             assert parity["passed"], (
                 f"losses differ from naive eager by {parity['max_rel_diff']:.2e} "
                 f"(tolerance {parity['tolerance']:.0e} for {parity['precision']})"
             )
-    if not_validated is not None:
-        pytest.skip(not_validated)
+    if skips := [why for why in (not_validated, not_compared) if why is not None]:
+        pytest.skip("; ".join(skips))

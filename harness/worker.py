@@ -313,16 +313,7 @@ def run_timing(job: dict[str, Any], out: Path, rank: int) -> dict[str, Any]:
     trainer = build_trainer(job, recorder=recorder, ramp=None)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    try:
-        trainer.train()
-    except BaseException as error:
-        if not oom.is_oom(error):
-            raise
-        write_event(
-            out / f"events-rank{rank}.jsonl",
-            {"event": "oom", "micro_batch": trainer.args.per_device_train_batch_size, **oom.describe(error)},
-        )
-        _exit_now(OOM_EXIT)
+    train_or_record_oom(trainer, out, rank)
     peak = oom.memory_now()
     peak_all = _max_over_ranks(peak["peak_reserved_gib"])
     stats = summarize(
@@ -340,11 +331,26 @@ def run_timing(job: dict[str, Any], out: Path, rank: int) -> dict[str, Any]:
     }
 
 
+def train_or_record_oom(trainer: Trainer, out: Path, rank: int) -> None:
+    """trainer.train(); out of memory becomes an event the launcher reads (the verdict names the micro-batch
+    and the memory asked for) and the OOM exit, as in the probe."""
+    try:
+        trainer.train()
+    except BaseException as error:
+        if not oom.is_oom(error):
+            raise
+        write_event(
+            out / f"events-rank{rank}.jsonl",
+            {"event": "oom", "micro_batch": trainer.args.per_device_train_batch_size, **oom.describe(error)},
+        )
+        _exit_now(OOM_EXIT)
+
+
 def run_train(job: dict[str, Any], out: Path, rank: int) -> dict[str, Any]:
     recorder = StepRecorder(device=_device())
     trainer = build_trainer(job, recorder=recorder, ramp=None)
     started = time.perf_counter()
-    trainer.train()
+    train_or_record_oom(trainer, out, rank)
     return {
         "mode": "train",
         "steps": trainer.state.global_step,
@@ -379,7 +385,7 @@ class WindowTimer(TrainerCallback):
 def run_validation(job: dict[str, Any], out: Path, rank: int) -> dict[str, Any]:
     timer = WindowTimer(job["warmup_steps"], job["timed_steps"])
     trainer = build_trainer(job, recorder=None, ramp=None, extra_callbacks=[timer])
-    trainer.train()
+    train_or_record_oom(trainer, out, rank)
     return {
         "mode": "validate",
         "window_step_s": (timer.end - timer.start) / timer.steps,

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 
+from harness import faults
 from harness.cases import Case
 from harness.checks import PARITY_TOLERANCE, loss_parity, validate
 from harness.engine import EngineOptions, measure_case
@@ -67,6 +68,20 @@ def test_parity_of_a_case_that_cannot_run_here_says_why(tmp_path):
     )
     record = loss_parity(case, store=ResultStore(tmp_path / "s"), options=options(tmp_path))
     assert not record["passed"] and "DeepSpeed" in record["skipped_reason"]
+
+
+def test_parity_whose_reference_does_not_fit_says_so_and_spends_nothing_on_the_method(tmp_path, monkeypatch):
+    """Mamba's reference scan does not fit micro-batch 1 on an 80 GB GPU: no comparison is possible,
+    and that is a reason in the record (the test skips with it), not a traceback."""
+    monkeypatch.setenv(faults.ENV, "oom:rank=0")  # every run that starts here runs out of memory
+    case = Case(model="tiny-vit", gpu_type="cpu", gpus_per_node=1, method=FREE_LUNCH)
+    store, opts = ResultStore(tmp_path / "s"), options(tmp_path)
+    record = loss_parity(case, store=store, options=opts, steps=2)
+    assert not record["passed"] and record["losses"] == []
+    expected = "naive eager, the reference, does not fit here: OOM at micro-batch 1"
+    assert record["skipped_reason"].startswith(expected)
+    assert store.checks("parity") == [record]
+    assert list(opts.work_dir.rglob("parity-reference")) and not list(opts.work_dir.rglob("parity"))
 
 
 @pytest.mark.slow

@@ -262,6 +262,13 @@ def test_loader_workers_are_set_only_when_asked_for():
     four = make_plan(c, 128, loader_workers=4)
     assert four.training_args["dataloader_num_workers"] == 4
     assert four.training_args["dataloader_persistent_workers"] is True
+    # The Trainer fetches a step's 32 micro-batches (4096 / 128) at once: 4 workers keep 8 each ready,
+    # also in the shortened timing plan, which must load as the plan it stands for.
+    assert four.training_args["dataloader_prefetch_factor"] == 8
+    assert make_plan(c, 128, 4, loader_workers=4).training_args["dataloader_prefetch_factor"] == 8
+    assert make_plan(c, 128, loader_workers=5).training_args["dataloader_prefetch_factor"] == 7  # 32 / 5, up
+    # Never below the DataLoader's own default of 2 per worker.
+    assert make_plan(c, 4096, loader_workers=4).training_args["dataloader_prefetch_factor"] == 2
     assert {k: v for k, v in four.training_args.items() if not k.startswith("dataloader_")} == {
         k: v for k, v in default.training_args.items() if not k.startswith("dataloader_")
     }
