@@ -106,8 +106,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--loader-workers",
         type=int,
         default=0,
-        help="data-loader worker processes per GPU (the Trainer's dataloader_num_workers; default 0, "
-        "its default: the training process collates every micro-batch)",
+        help="data-loader worker processes per GPU (the Trainer's dataloader_num_workers, holding a whole "
+        "step's micro-batches; default 0, its default: the training process collates every micro-batch)",
     )
     group.addoption(
         "--full-accumulation",

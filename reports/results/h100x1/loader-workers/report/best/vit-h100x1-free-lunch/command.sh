@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# vit-h100x1-naive: naive, micro-batch 128 x 32 accumulation, measured 122.19 days.
+# vit-h100x1-free-lunch: free-lunch, micro-batch 128 x 32 accumulation, measured 31.68 days.
 # Run from anywhere: it changes to the report folder, where best/<case id> resolves; the
 # pretrain-bench packages must be importable (pip install -e <repo>, or PYTHONPATH=<repo>).
 # harness.train launches torchrun on this node itself.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-python -m harness.train --config best/vit-h100x1-naive --max-steps 311948 "$@"
+python -m harness.train --config best/vit-h100x1-free-lunch --max-steps 311948 "$@"
