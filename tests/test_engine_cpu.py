@@ -165,12 +165,14 @@ def test_a_hung_rank_ends_at_the_timeout(tmp_path):
 def test_accumulation_model_against_the_full_accumulation(tmp_path):
     """step(G) = G*load + (G-1)*t_micro + t_final, checked inside a run at the full accumulation.
 
-    The steps of an 8-micro-batch run are predicted from their parts (load, no_sync micro-batch, final
-    micro-batch + optimizer step) and compared with their synchronized wall time, inside one run, so
-    that a shared CPU's noise between runs cannot fake or hide a wrong model (dropping the
-    accumulation term is off by ~4x here). The run with 2 micro-batches must extrapolate to the same
-    accumulation; the tight cross-run comparison is the GPU's (reports/results/h100x1/accum-check:
-    0.06% apart).
+    Each step of an 8-micro-batch run is predicted from its own parts (load, its 7 no_sync
+    micro-batches' median, final micro-batch + optimizer step) and compared with its own synchronized
+    wall time, so that a shared CPU's noise between steps and runs cannot fake or hide a wrong model
+    (dropping the accumulation term is off by ~4x here). Step by step, not medians of the run against
+    the median wall: with other jobs on a 2-core machine, five steps' walls ranged from 3.1 to 13.2 s
+    around parts whose run-wide medians gave 4.8 s. The run with 2 micro-batches must extrapolate to
+    the same accumulation; the tight cross-run comparison is the GPU's
+    (reports/results/h100x1/accum-check: 0.06% apart).
     """
     case = Case(model="pythia-14m", gpu_type="cpu", gpus_per_node=1, method=NAIVE)
     full = run(tmp_path / "b", case, max_micro_batch=1, full_accumulation=True)
@@ -180,13 +182,19 @@ def test_accumulation_model_against_the_full_accumulation(tmp_path):
     walls, finals, loads = timing["measured_step_wall_s"], timing["final_samples_s"], timing["load_samples_s"]
     micro = timing["micro_samples_s"]
     assert len(micro) == 7 * len(walls)  # 7 no_sync micro-batches per step, then the final one
-    # The engine's own estimators, medians over the run, against the median synchronized step: within
-    # 35%, where a model that drops the accumulation term is ~4x off. Not step by step from each step's
-    # first micro-batch: on a shared 2-core machine one micro-batch times 7 put single steps 2x off,
-    # and with other jobs on the cores the median of such ratios fell to 0.41.
-    median = statistics.median
-    predicted = median(loads) + 7 * median(micro) + median(finals)
-    assert predicted == pytest.approx(median(walls), rel=0.35), (predicted, walls, micro, finals, loads)
+    steps = [micro[7 * i : 7 * i + 7] for i in range(len(walls))]
+    # The marks cover the step: what they miss (barrier, end-of-step bookkeeping) is small.
+    covered = [
+        (load + sum(parts) + final) / wall
+        for load, parts, final, wall in zip(loads, steps, finals, walls, strict=True)
+    ]
+    assert statistics.median(covered) > 0.9, covered
+    # The model, from one typical micro-batch of each step, against that step's wall: within 35%.
+    ratios = [
+        (load + 7 * statistics.median(parts) + final) / wall
+        for load, parts, final, wall in zip(loads, steps, finals, walls, strict=True)
+    ]
+    assert statistics.median(ratios) == pytest.approx(1.0, abs=0.35), (ratios, walls, micro, finals, loads)
     extrapolated = run(tmp_path / "a", case, max_micro_batch=1, max_measured_grad_acc=2)
     assert extrapolated.status == "ok", extrapolated.reason
     assert extrapolated.measured_grad_acc_steps == 2 and extrapolated.grad_acc_steps == 8
