@@ -132,7 +132,7 @@ def loader_prefetch(per_device_batch: int, micro_batch_size: int, loader_workers
     device waits, which timing at a shortened accumulation (served from the queue) does not see. ViT on
     an H100 (128 x 32, 8 workers): 9.54 s a step at the full accumulation against 8.93 s predicted; with
     a step's worth queued, 8.89 s against 8.78 s. Taken from the recipe's accumulation, not the plan's,
-    so the shortened timing jobs load exactly as the plan they stand for. Costs one more step's data in
+    so the shortened timing jobs load exactly as the plan they stand for. Costs about one step's data more in
     host memory per rank, as much as the Trainer already holds while a step runs (32 x 77 MB for that
     ViT), whatever the micro-batch.
     """
