@@ -221,9 +221,7 @@ def loss_parity(
         "schedule": "constant peak learning rate",
     }
     if (why := unsupported_reason(case)) is not None:
-        record |= {"losses": [], "reference_losses": [], "passed": False, "skipped_reason": why}
-        store.append_check("parity", record)
-        return record
+        return _parity_skipped(record, why, store)
     root = options.work_dir / case.id / time.strftime("%Y%m%dT%H%M%S")
     references = {} if references is None else references
     key = (reference.id, micro_batch, grad_acc, steps)
@@ -242,9 +240,7 @@ def loss_parity(
             # at full size), and the record says so instead of a traceback.
             role = "the method" if which is case else "naive eager, the reference,"
             why = f"{role} does not fit here: {oom.reason(micro_batch, events[0])} ({job_dir})"
-            record |= {"losses": [], "reference_losses": [], "passed": False, "skipped_reason": why}
-            store.append_check("parity", record)
-            return record
+            return _parity_skipped(record, why, store)
         if not outcome.ok or outcome.result is None:
             raise RuntimeError(
                 f"loss parity run of {which.id} failed: {outcome.failure()}\n{outcome.output_tail}"
@@ -264,5 +260,12 @@ def loss_parity(
         "median_rel_diff": statistics.median(diffs),
         "passed": max(diffs) <= tolerance,
     }
+    store.append_check("parity", record)
+    return record
+
+
+def _parity_skipped(record: dict[str, Any], why: str, store: ResultStore) -> dict[str, Any]:
+    """The parity record of a comparison that could not run here, stored with its reason."""
+    record |= {"losses": [], "reference_losses": [], "passed": False, "skipped_reason": why}
     store.append_check("parity", record)
     return record

@@ -298,13 +298,7 @@ def run_probe(job: dict[str, Any], out: Path, rank: int) -> dict[str, Any]:
     probe_cb = ProbeCallback(ramp, events)
     trainer = build_trainer(job, recorder=None, ramp=ramp, extra_callbacks=[probe_cb])
     trainer.args.max_steps = len(ramp)
-    try:
-        trainer.train()
-    except BaseException as error:
-        if not oom.is_oom(error):
-            raise
-        write_event(events, {"event": "oom", "micro_batch": probe_cb.current, **oom.describe(error)})
-        _exit_now(OOM_EXIT)
+    train_or_record_oom(trainer, out, rank, probe=probe_cb)
     return {"mode": "probe", "fits": ramp, "compiled_graphs": _compiled_graphs()}
 
 
@@ -331,17 +325,19 @@ def run_timing(job: dict[str, Any], out: Path, rank: int) -> dict[str, Any]:
     }
 
 
-def train_or_record_oom(trainer: Trainer, out: Path, rank: int) -> None:
+def train_or_record_oom(trainer: Trainer, out: Path, rank: int, probe: ProbeCallback | None = None) -> None:
     """trainer.train(); out of memory becomes an event the launcher reads (the verdict names the micro-batch
-    and the memory asked for) and the OOM exit, as in the probe."""
+    and the memory asked for) and the OOM exit. The micro-batch is the probe's current size, else the
+    plan's."""
     try:
         trainer.train()
     except BaseException as error:
         if not oom.is_oom(error):
             raise
+        micro_batch = probe.current if probe is not None else trainer.args.per_device_train_batch_size
         write_event(
             out / f"events-rank{rank}.jsonl",
-            {"event": "oom", "micro_batch": trainer.args.per_device_train_batch_size, **oom.describe(error)},
+            {"event": "oom", "micro_batch": micro_batch, **oom.describe(error)},
         )
         _exit_now(OOM_EXIT)
 
