@@ -73,13 +73,22 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    # The session's time-left estimate counts the cases that will run: selected, not skip-marked.
-    session.config._pretrain_bench_selected = sum(  # type: ignore[attr-defined]
-        1
+    """The cases that will run (selected, not skip-marked): the fast search's groups; and, before the
+    first of them runs, the run's guard (bench.guard) on the controller."""
+    from bench.guard import RunGuard
+    from bench.plugin import bench_key
+
+    config = session.config
+    state = config.stash[bench_key]
+    state.selected = [
+        item.callspec.params["case"]
         for item in session.items
         if "case" in getattr(getattr(item, "callspec", None), "params", {})
         and item.get_closest_marker("skip") is None
-    )
+    ]
+    if state.selected and not config.option.collectonly and not hasattr(config, "workerinput"):
+        state.guard = RunGuard(results_dir=config.getoption("results_dir"))
+        state.guard.start(config, state.selected)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

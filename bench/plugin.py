@@ -14,11 +14,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from harness.compile_cache import DEFAULT_ROOT as COMPILE_CACHE
 from harness.methods import METHOD_SETS
-from harness.names import suggest
+from models.names import suggest
 
 GPU_COUNTS = (1, 2, 4, 8)
 CPU_PROCESS_COUNTS = (1, 2)
@@ -65,6 +67,35 @@ def _counts(text: str) -> list[int]:
     return counts
 
 
+def _at_least(option: str, low: float, kind: type = int, why: str = "") -> Callable[[str], float]:
+    """An option type: a number of `kind` no smaller than `low` (strictly larger for low 0.0 floats)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise pytest.UsageError(f"{option} takes a {kind.__name__}, got {text!r}") from None
+        too_small = value <= low if (kind is float and low == 0.0) else value < low
+        if too_small:
+            bound = f"more than {low:g}" if kind is float and low == 0.0 else f"at least {low:g}"
+            raise pytest.UsageError(f"{option} must be {bound}{why}, got {text}")
+        return value
+
+    return parse
+
+
+def _folder(value: str) -> Path:
+    """Option type: a folder, made absolute now: jobs run from the repository, not from here."""
+    path = Path(value).expanduser()
+    if path.exists() and not path.is_dir():
+        raise pytest.UsageError(f"{value} is a file; a folder is needed")
+    return path.absolute()
+
+
+def _cache(value: str) -> Path | None:
+    return None if value.lower() == "none" else _folder(value)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("pretrain-bench", "pre-training benchmark cases")
     group.addoption(
@@ -95,16 +126,48 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="naive, free-lunch, all (comma-separated union)",
     )
     group.addoption(
+        "--search",
+        choices=("fast", "exhaustive"),
+        default="fast",
+        help="fast: predict each case's micro-batch with the memory model, prune cases that cannot be "
+        "fastest (reported as pruned, with the rule), time the rest briefly and the best fully; "
+        "exhaustive: probe and time every case (default: %(default)s)",
+    )
+    group.addoption(
+        "--compile-cache",
+        type=_cache,
+        default=str(COMPILE_CACHE),
+        metavar="DIR",
+        help="compile cache shared by every job and later runs on this node, keyed by the environment; "
+        "'none' compiles from cold in every job (default: %(default)s)",
+    )
+    group.addoption(
+        "--parallel-jobs",
+        action="store_true",
+        help="run independent jobs side by side on disjoint GPUs of this node (off by default: a case "
+        "timed beside others must first be shown to agree with the same case timed alone)",
+    )
+    group.addoption(
         "--require-hardware",
         action="store_true",
         help="fail, rather than skip, a case whose hardware this node does not have",
     )
     group.addoption("--force", action="store_true", help="re-measure cases already in the results store")
-    group.addoption("--timed-steps", type=int, default=5, help="timed optimizer steps per case (at least 5)")
-    group.addoption("--max-micro-batch", type=int, default=None, help="cap the micro-batch probe")
+    group.addoption(
+        "--timed-steps",
+        type=_at_least("--timed-steps", 5, why=" (a median and a spread)"),
+        default=5,
+        help="timed optimizer steps per case (at least 5; default: %(default)s)",
+    )
+    group.addoption(
+        "--max-micro-batch",
+        type=_at_least("--max-micro-batch", 1),
+        default=None,
+        help="cap the micro-batch probe (default: no cap)",
+    )
     group.addoption(
         "--loader-workers",
-        type=int,
+        type=_at_least("--loader-workers", 0),
         default=0,
         help="data-loader worker processes per GPU (the Trainer's dataloader_num_workers, holding a whole "
         "step's micro-batches; default 0, its default: the training process collates every micro-batch)",
@@ -116,19 +179,25 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--job-timeout",
-        type=float,
+        type=_at_least("--job-timeout", 0.0, float),
         default=1800.0,
-        help="seconds before a job is killed (a validation job gets its predicted training time on top)",
+        help="seconds before a job is killed (a validation job gets its predicted training time on top; "
+        "default: %(default)s)",
     )
     group.addoption(
         "--validate",
         action="store_true",
         help="after timing a case, train it at the full accumulation and compare (validation.csv)",
     )
-    group.addoption("--validation-steps", type=int, default=20, help="timed optimizer steps of a validation")
+    group.addoption(
+        "--validation-steps",
+        type=_at_least("--validation-steps", 1),
+        default=20,
+        help="timed optimizer steps of a validation (default: %(default)s)",
+    )
     group.addoption(
         "--validation-chunk",
-        type=int,
+        type=_at_least("--validation-chunk", 1),
         default=None,
         metavar="N",
         help="time at most N of the validation's steps per run (each part warms up on its own); the parts "
@@ -144,12 +213,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="measure nothing: run --validate/--parity on the results already stored for this machine",
     )
-    group.addoption("--parity-steps", type=int, default=5, help="optimizer steps of a loss-parity run")
+    group.addoption(
+        "--parity-steps",
+        type=_at_least("--parity-steps", 2, why=" (the first loss comes before any optimizer step)"),
+        default=5,
+        help="optimizer steps of a loss-parity run (default: %(default)s)",
+    )
     group.addoption(
         "--jobs-dir",
-        type=Path,
-        default=Path("runs") / "jobs",
-        help="where each job's files and output.log go",
+        type=_folder,
+        default=str(Path("runs") / "jobs"),
+        help="where each job's files and output.log go (default: %(default)s)",
     )
 
 
@@ -173,24 +247,12 @@ def pytest_configure(config: pytest.Config) -> None:
     killed with its workers, the results stored so far stay, and the session's report is written."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)
-    if config.getoption("timed_steps", 5) < 5:
-        raise pytest.UsageError(
-            f"--timed-steps must be at least 5 (a median and spread), got {config.getoption('timed_steps')}"
-        )
+    config.stash[bench_key] = BenchState()
     if config.getoption("checks_only", False) and not (
         config.getoption("validate") or config.getoption("parity")
     ):
         raise pytest.UsageError("--checks-only measures nothing: add --validate and/or --parity")
-    if config.getoption("validation_steps", 20) < 1:
-        raise pytest.UsageError(
-            f"--validation-steps must be at least 1, got {config.getoption('validation_steps')}"
-        )
-    workers = config.getoption("loader_workers", 0)
-    if workers < 0:
-        raise pytest.UsageError(f"--loader-workers must be 0 or more, got {workers}")
     chunk = config.getoption("validation_chunk", None)
-    if chunk is not None and chunk < 1:
-        raise pytest.UsageError(f"--validation-chunk must be at least 1 step, got {chunk}")
     if chunk is not None and not config.getoption("validate", False):
         raise pytest.UsageError("--validation-chunk splits a validation: add --validate")
 
@@ -210,32 +272,50 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 @dataclass
-class Progress:
-    """Per case: id, phase, elapsed; for the session: an estimate of the time left."""
+class BenchState:
+    """The session's benchmark state (in config.stash): the cases selected to run, the run's guard
+    (controller only) and the engine's runner (where cases run)."""
 
-    total: int
+    selected: list[Any] = field(default_factory=list)
+    guard: Any = None
+    runner: Any = None
+
+
+bench_key = pytest.StashKey[BenchState]()
+
+
+@dataclass
+class Progress:
+    """Live lines: the case, what it is doing (with the search's own time-left estimate), and the
+    time since the run began."""
+
     write: Callable[[str], None]
     started: float = field(default_factory=time.monotonic)
-    done: int = 0
-    case_started: float = 0.0
 
-    def __call__(self, case_id: str, phase: str) -> None:
-        now = time.monotonic()
-        if phase == "begin":
-            self.case_started = now
-            return
-        if phase == "end":
-            self.done += 1
-            return
-        eta = ""
-        if self.done:
-            left = (now - self.started) / self.done * (self.total - self.done)
-            eta = f", about {left / 60:.0f} min left for {self.total - self.done} case(s)"
-        self.write(f"[{case_id}] {phase} (case {now - self.case_started:.0f} s{eta})")
+    def __call__(self, case_id: str, message: str) -> None:
+        self.write(f"[{case_id}] {message} ({(time.monotonic() - self.started) / 60:.1f} min into the run)")
 
 
 @pytest.fixture(scope="session")
 def engine(request: pytest.FixtureRequest):
     from bench.runner import Runner
 
-    return Runner.from_config(request.config)
+    state = request.config.stash[bench_key]
+    if state.runner is None:
+        state.runner = Runner.from_config(request.config)
+    return state.runner
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = config.stash.get(bench_key, None)
+    if state is not None and state.guard is not None:
+        state.guard.stop()
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    state = config.stash.get(bench_key, None)
+    if state is None or state.guard is None or not state.guard.warnings:
+        return
+    terminalreporter.write_sep("-", "pretrain-bench warnings")
+    for line in state.guard.warnings:
+        terminalreporter.write_line(f"warning: {line}", yellow=True)

@@ -21,6 +21,8 @@ def test_case(case: Case, engine, record_property, benchmark, request) -> None:
     record_property("pretrain_bench_result", result.to_dict())
     if result.status == "infeasible":
         pytest.skip(f"infeasible: {result.reason}")
+    if result.status == "pruned":
+        pytest.skip(result.reason)  # "pruned (<rule>): <figures>": reported, neither measured nor infeasible
     if result.status == "error":
         pytest.fail(f"{case.id}: {result.reason}", pytrace=False)
     samples = result.timing["step_samples_s"]
@@ -60,7 +62,11 @@ def _check(case: Case, engine, record_property, config: pytest.Config, result: R
                     f"validation of {case.id} in parts: {validation['steps_done']} of "
                     f"{validation['steps']} steps done; run again to go on"
                 )
-    if config.getoption("parity") and case.method.free_lunch:
+    if config.getoption("parity") and not case.method.free_lunch:
+        not_compared = (
+            f"loss parity compares a free-lunch method with naive eager; {case.id} has no free lunch"
+        )
+    elif config.getoption("parity"):
         parity = engine.parity(case, config.getoption("parity_steps"))
         record_property("pretrain_bench_parity", parity)
         if "skipped_reason" in parity:

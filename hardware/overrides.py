@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from hardware.registry import GPUS, PRECISIONS, GpuType, Peak
-from harness.names import suggest
+from models.names import suggest
 
 ENV_VAR = "PRETRAIN_BENCH_HARDWARE"
 

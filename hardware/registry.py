@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.names import lookup
+from models.names import lookup
 
 PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16")
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]*$")

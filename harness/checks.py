@@ -17,7 +17,7 @@ from typing import Any
 
 from harness import oom
 from harness.cases import Case
-from harness.engine import EngineOptions, run_plan
+from harness.engine import Engine
 from harness.env import code_version
 from harness.methods import NAIVE
 from harness.plan import unsupported_reason
@@ -53,8 +53,7 @@ def machine(case: Case, gpu_name: str | None = None) -> str:
 def validate(
     result: Result,
     *,
-    store: ResultStore,
-    options: EngineOptions,
+    engine: Engine,
     steps: int = 20,
     chunk: int | None = None,
 ) -> dict[str, Any]:
@@ -71,11 +70,12 @@ def validate(
     assert result.micro_batch_size and result.grad_acc_steps and result.step_time_s, (
         "validate a feasible result"
     )
+    store = engine.store
     prediction = f"{case.id}@{result.fingerprint}@{result.created}"
     parts = pending_parts(store, prediction)
     done = sum(part["steps"] for part in parts)
     if done < steps:
-        parts.append(_validation_part(result, prediction, min(steps - done, chunk or steps), store, options))
+        parts.append(_validation_part(result, prediction, min(steps - done, chunk or steps), engine))
         done += parts[-1]["steps"]
     progress = {"case_id": case.id, "steps": steps, "steps_done": done, "parts": len(parts)}
     if done < steps:
@@ -135,28 +135,25 @@ def pending_parts(store: ResultStore, prediction: str) -> list[dict[str, Any]]:
     ]
 
 
-def _validation_part(
-    result: Result, prediction: str, steps: int, store: ResultStore, options: EngineOptions
-) -> dict[str, Any]:
+def _validation_part(result: Result, prediction: str, steps: int, engine: Engine) -> dict[str, Any]:
     """One validation job: warm-up, then `steps` timed optimizer steps at the full accumulation."""
     case = result.case
     part_id = uuid.uuid4().hex
     # Named to the part too: two parts started within one second keep their own folders.
-    job_dir = options.work_dir / case.id / f"{time.strftime('%Y%m%dT%H%M%S')}-{part_id[:8]}" / "validate"
+    stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{part_id[:8]}"
+    job_dir = engine.options.work_dir.absolute() / case.id / stamp / "validate"
     training_s = VALIDATION_TIME_MARGIN * (VALIDATION_WARMUP + steps) * (result.step_time_s or 0.0)
-    outcome = run_plan(
+    job = engine.job_from_plan(
         case,
         "validate",
-        result.micro_batch_size or 0,
-        result.grad_acc_steps or 0,
+        # The exported setting that was timed, not what this version of the code would plan now.
+        result.plan,
         VALIDATION_WARMUP + steps,
-        replace(options, timeout_s=options.timeout_s + training_s),
-        job_dir,
         warmup_steps=VALIDATION_WARMUP,
         timed_steps=steps,
-        # The exported setting that was timed, not what this version of the code would plan now.
-        plan=result.plan,
+        timeout_s=engine.options.timeout_s + training_s,
     )
+    outcome = engine.launcher.run(job, job_dir)
     if not outcome.ok or outcome.result is None:
         raise RuntimeError(f"validation of {case.id} failed: {outcome.failure()}\n{outcome.output_tail}")
     environment = outcome.result.get("environment", {})
@@ -174,7 +171,7 @@ def _validation_part(
         "optimizer": outcome.result.get("optimizer"),
         "wrapped_model": outcome.result.get("wrapped_model"),
     }
-    store.append_check("validation-part", part)
+    engine.store.append_check("validation-part", part)
     return part
 
 
@@ -196,8 +193,7 @@ def parity_tolerance(case: Case) -> tuple[str, float]:
 def loss_parity(
     case: Case,
     *,
-    store: ResultStore,
-    options: EngineOptions,
+    engine: Engine,
     steps: int = 5,
     micro_batch: int = 1,
     grad_acc: int = 2,
@@ -208,6 +204,7 @@ def loss_parity(
     `references` keeps naive eager's losses between calls: every method of a model on one machine is
     compared with the same reference run, which is then trained once.
     """
+    store = engine.store
     reference = replace(case, method=NAIVE)
     precision, tolerance = parity_tolerance(case)
     record: dict[str, Any] = {
@@ -222,7 +219,7 @@ def loss_parity(
     }
     if (why := unsupported_reason(case)) is not None:
         return _parity_skipped(record, why, store)
-    root = options.work_dir / case.id / time.strftime("%Y%m%dT%H%M%S")
+    root = engine.options.work_dir.absolute() / case.id / time.strftime("%Y%m%dT%H%M%S")
     references = {} if references is None else references
     key = (reference.id, micro_batch, grad_acc, steps)
     losses = {reference.id: references[key]} if key in references else {}
@@ -232,9 +229,8 @@ def loss_parity(
         if which.id in losses:
             continue
         job_dir = root / ("parity" if which is case else "parity-reference")
-        outcome = run_plan(
-            which, "train", micro_batch, grad_acc, steps, options, job_dir, training_overrides=PARITY_SCHEDULE
-        )
+        job = engine.job(which, "train", micro_batch, grad_acc, steps, training_overrides=PARITY_SCHEDULE)
+        outcome = engine.launcher.run(job, job_dir)
         if events := outcome.oom_events():
             # Not a parity failure: there is nothing to compare on this GPU (e.g. Mamba's reference scan
             # at full size), and the record says so instead of a traceback.

@@ -1,11 +1,17 @@
-"""The engine, top-down: plan a case -> probe its largest micro-batch -> time it -> one Result.
+"""The engine: a search over cases, each measured by jobs that a launcher runs, each job the real Trainer.
 
-Both phases are real distributed jobs (harness.launch) running the real Trainer (harness.worker).
+`Engine.search(cases, strategy)` takes what the results store already holds for this environment
+(an interrupted search resumes), hands the rest to a `SearchStrategy` (harness.search), stores each
+result as the strategy settles it, and records the search itself (wall time, jobs, compile time).
+The strategies use the engine's primitives: plan a case, run a job of it through the launcher (a job
+that finished in an earlier attempt is not run again), probe micro-batches, time one, and make the
+result of a timing.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -14,19 +20,13 @@ from typing import Any
 
 from harness import oom
 from harness.cases import Case
-from harness.launch import JobOutcome, run_job
-from harness.plan import (
-    BatchNotDivisibleError,
-    Plan,
-    candidate_micro_batches,
-    make_plan,
-    per_device_target,
-    unsupported_reason,
-)
-from harness.result import Result, sanity_problems
+from harness.job import Job
+from harness.launch import JobOutcome, Launcher, LocalLauncher
+from harness.plan import Plan, make_plan
+from harness.result import Result, sanity_problems, timing_warning
 from harness.store import ResultStore
 
-Progress = Callable[[str, str], None]  # (case id, phase)
+Progress = Callable[[str, str], None]  # (case id, message)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -40,234 +40,264 @@ class EngineOptions:
     probe_divisors: bool = False  # probe every divisor of the per-GPU batch, not only powers of two
     max_micro_batch: int | None = None  # cap the probe (a memory budget below the card's, or CPU runs)
     loader_workers: int = 0  # data-loader processes per rank in the timed jobs (the Trainer's default: 0)
-    # "auto" probes on GPUs only: a CPU job has no device memory to exhaust, so the largest candidate
-    # is taken without a probe job; "always" probes anyway (the fault-injection tests do).
+    # "auto" probes on GPUs, and on the CPU under a memory budget (tests); "always" probes anyway.
     probe: str = "auto"
     timeout_s: float = 1800.0
     work_dir: Path = Path("runs") / "jobs"
     force: bool = False  # rerun even if the store holds a result for this case and environment
-    # Take the verdict of a probe/timing job that finished in an earlier attempt that stored nothing
-    # (an interrupted run). Off when the earlier attempt stored an error: its jobs made that error.
+    # Take the verdict of a job that finished in an earlier attempt that stored nothing (an
+    # interrupted run). Off for a case whose earlier attempt stored an error: its jobs made it.
     reuse_finished_jobs: bool = True
     progress: Progress | None = field(default=None, compare=False)
     env: dict[str, str] = field(default_factory=dict, hash=False)  # extra job environment (faults in tests)
 
-
-def measure_case(
-    case: Case,
-    *,
-    store: ResultStore,
-    environment: dict[str, Any],
-    fingerprint: str,
-    options: EngineOptions = EngineOptions(),
-) -> Result:
-    """The stored result if this case was measured in this environment, else a new measurement.
-
-    A stored error (a crash, a hang, a sanity gate) is measured again: it says nothing about the case.
-    """
-    done = None if options.force else store.latest(case.id, fingerprint)
-    if done is not None and done.status != "error" and _same_loader(done, options):
-        return done
-    if done is not None:
-        options = replace(options, reuse_finished_jobs=False)
-    result = _measure(case, environment=environment, fingerprint=fingerprint, options=options)
-    store.append(result)
-    return result
+    def __post_init__(self) -> None:
+        if self.timeout_s <= 0:
+            raise ValueError(f"the job timeout must be positive, got {self.timeout_s}")
+        if self.max_micro_batch is not None and self.max_micro_batch < 1:
+            raise ValueError(f"the micro-batch cap must be at least 1, got {self.max_micro_batch}")
 
 
-def _same_loader(result: Result, options: EngineOptions) -> bool:
-    """Whether a stored result was timed with the data loader these options ask for (a result without
-    a plan, infeasible before any timing, stands for any)."""
-    if not result.plan:
-        return True
-    return result.plan["training_args"].get("dataloader_num_workers", 0) == options.loader_workers
+@dataclass(kw_only=True, slots=True)
+class JobRecord:
+    """One job of a search, for the search's record and its time-left estimate."""
+
+    case_id: str
+    name: str
+    mode: str
+    elapsed_s: float
+    reused: bool
+    compile_s: float
+    ok: bool
 
 
-def _plan(case: Case, micro_batch: int, grad_acc: int, options: EngineOptions) -> Plan:
-    """The case's plan with what these options change in it: every job and result plans through here."""
-    return make_plan(case, micro_batch, grad_acc, loader_workers=options.loader_workers)
+class Engine:
+    def __init__(
+        self,
+        *,
+        store: ResultStore,
+        environment: dict[str, Any],
+        fingerprint: Callable[[Case], str],
+        options: EngineOptions = EngineOptions(),
+        launcher: Launcher | None = None,
+    ):
+        self.store = store
+        self.environment = environment
+        self.fingerprint = fingerprint
+        self.options = options
+        self.launcher = launcher or LocalLauncher()
+        self.jobs: list[JobRecord] = []
+        self._attempts: dict[str, Path] = {}
+        self._fresh: set[str] = set()  # cases whose stored error forbids reusing their jobs
 
-
-def _measure(case: Case, *, environment: dict[str, Any], fingerprint: str, options: EngineOptions) -> Result:
-    base = Result(case=case, status="error", environment=environment, fingerprint=fingerprint)
-    if (unsupported := unsupported_reason(case)) is not None:
-        return replace(base, status="infeasible", reason=unsupported)
-    try:
-        target = per_device_target(case)
-    except BatchNotDivisibleError as error:
-        return replace(base, status="infeasible", reason=str(error))
-    job_root = options.work_dir / case.id / time.strftime("%Y%m%dT%H%M%S")
-    candidates = candidate_micro_batches(case, all_divisors=options.probe_divisors)
-    if options.max_micro_batch is not None:
-        candidates = [c for c in candidates if c <= options.max_micro_batch] or candidates[:1]
-
-    if options.probe == "always" or (options.probe == "auto" and case.gpu_type != "cpu"):
-        _report(options, case, "probe")
-        probe, fits, events = _probe(case, candidates, fingerprint, options, job_root)
-        base = replace(base, probe=events)
-        ooms = probe.oom_events()
-        if not probe.ok and not ooms:
-            return replace(base, reason=f"probe failed: {probe.failure()}", log_tail=probe.output_tail)
-        if not fits:
-            first = ooms[0]
-            return replace(base, status="infeasible", reason=oom.reason(first["micro_batch"], first))
-    else:
-        fits = candidates
-
-    timing_ooms: list[str] = []
-    for micro_batch in reversed(fits):
-        grad_acc = target // micro_batch
-        measured = grad_acc if options.full_accumulation else min(grad_acc, options.max_measured_grad_acc)
-        _report(options, case, f"time mb={micro_batch} gas={measured}/{grad_acc}")
-        outcome = _run(
-            case,
-            "time",
-            {"target_grad_acc_steps": grad_acc, "fingerprint": fingerprint},
-            micro_batch,
-            measured,
-            options,
-            job_root / f"time-mb{micro_batch}",
+    # --- the search ---------------------------------------------------------------------------
+    def search(self, cases: list[Case], strategy: Any) -> dict[str, Result]:
+        """Every case's result: stored ones as they are, the rest from `strategy`."""
+        started = time.monotonic()
+        jobs_before = len(self.jobs)
+        results: dict[str, Result] = {}
+        todo = []
+        for case in cases:
+            done = None if self.options.force else self.store.latest(case.id, self.fingerprint(case))
+            if done is not None and strategy.reusable(done) and self._same_loader(done):
+                results[case.id] = done
+            else:
+                if done is not None and done.status == "error":
+                    self._fresh.add(case.id)
+                todo.append(case)
+        if todo:
+            results |= strategy.search(todo, self, known=dict(results))
+        self._record_search(
+            cases, strategy, results, started, self.jobs[jobs_before:], reused=len(cases) - len(todo)
         )
-        if outcome.ok:
-            plan = _plan(case, micro_batch, grad_acc, options)
-            return _finish(base, plan, outcome.result or {}, timing_ooms)
-        if not outcome.oom_events():
-            return replace(
-                base,
-                micro_batch_size=micro_batch,
-                reason=f"timing failed: {outcome.failure()}",
-                log_tail=outcome.output_tail,
+        return results
+
+    def settle(self, result: Result) -> Result:
+        """Store a result the strategy has settled (the store is what a resumed search reads)."""
+        self.store.append(result)
+        return result
+
+    def _record_search(self, cases, strategy, results, started, jobs, reused) -> None:
+        if not cases or not jobs:
+            return  # nothing ran: a resumed search that found everything stored
+        statuses = [r.status for r in results.values()]
+        record = {
+            "case_id": _group_id(cases),
+            "strategy": strategy.name,
+            "cases": len(cases),
+            "measured": statuses.count("ok"),
+            "pruned": statuses.count("pruned"),
+            "infeasible": statuses.count("infeasible"),
+            "errors": statuses.count("error"),
+            "from_store": reused,
+            "wall_s": time.monotonic() - started,
+            "jobs": len(jobs),
+            "jobs_reused": sum(j.reused for j in jobs),
+            "job_s": sum(j.elapsed_s for j in jobs if not j.reused),
+            "compile_s": sum(j.compile_s for j in jobs),
+            "job_list": [
+                {
+                    "case_id": j.case_id,
+                    "name": j.name,
+                    "mode": j.mode,
+                    "elapsed_s": j.elapsed_s,
+                    "reused": j.reused,
+                }
+                for j in jobs
+            ],
+            "launcher": self.launcher.name,
+            "parallel": self.launcher.parallel,
+            "gpu_name": self.environment.get("gpu_name"),
+        }
+        self.store.append_check("search", record)
+
+    # --- primitives for strategies -----------------------------------------------------------
+    def plan(self, case: Case, micro_batch: int, grad_acc: int) -> Plan:
+        """The case's plan with what these options change in it: every job and result plans here."""
+        return make_plan(case, micro_batch, grad_acc, loader_workers=self.options.loader_workers)
+
+    def base_result(self, case: Case) -> Result:
+        return Result(
+            case=case, status="error", environment=self.environment, fingerprint=self.fingerprint(case)
+        )
+
+    def warmup(self, plan: Plan) -> int:
+        if self.options.warmup_steps is not None:
+            return self.options.warmup_steps
+        return 3 if plan.training_args.get("torch_compile") else 2
+
+    def job(self, case: Case, mode: str, micro_batch: int, grad_acc: int, steps: int, **fields: Any) -> Job:
+        return self.job_from_plan(
+            case, mode, self.plan(case, micro_batch, grad_acc).to_dict(), steps, **fields
+        )
+
+    def job_from_plan(
+        self,
+        case: Case,
+        mode: str,
+        plan: dict[str, Any],
+        steps: int,
+        *,
+        training_overrides: dict[str, Any] | None = None,
+        **fields: Any,
+    ) -> Job:
+        """A job training `plan` (a result's recorded one, or one made now) for `steps` optimizer steps;
+        `training_overrides` replaces TrainingArguments fields (the loss-parity runs' schedule)."""
+        plan = json.loads(json.dumps(plan))  # a copy: the caller's plan (a stored result's) stays as it is
+        plan["training_args"] |= {"max_steps": steps, **(training_overrides or {})}
+        return Job(
+            mode=mode,
+            plan=plan,
+            nproc=case.gpus_per_node,
+            num_nodes=case.num_nodes,
+            device="cpu" if case.gpu_type == "cpu" else "cuda",
+            fingerprint=self.fingerprint(case),
+            timeout_s=fields.pop("timeout_s", self.options.timeout_s),
+            env=tuple(sorted(self.options.env.items())),
+            **fields,
+        )
+
+    def attempt_dir(self, case: Case) -> Path:
+        """This search's folder for the case's jobs (one per attempt, named by its start)."""
+        if case.id not in self._attempts:
+            stamp = time.strftime("%Y%m%dT%H%M%S")
+            self._attempts[case.id] = self.options.work_dir.absolute() / case.id / stamp
+        return self._attempts[case.id]
+
+    def run(self, case: Case, job: Job, name: str) -> JobOutcome:
+        return self.run_all([(case, job, name)])[0]
+
+    def run_all(self, items: list[tuple[Case, Job, str]]) -> list[JobOutcome]:
+        """Run jobs (side by side where the launcher may); a job that finished in an earlier attempt
+        at its case, in this environment, is taken from there instead of running again."""
+        prepared = []
+        for case, job, name in items:
+            job_dir = self.attempt_dir(case) / name
+            reuse: list[Path] = []
+            if self.options.reuse_finished_jobs and not self.options.force and case.id not in self._fresh:
+                earlier = sorted(job_dir.parent.parent.glob(f"*/{name}"), reverse=True)
+                reuse = [d for d in earlier if d != job_dir]
+            prepared.append((job, job_dir, reuse))
+        outcomes = self.launcher.run_all(prepared)
+        for (case, job, name), outcome in zip(items, outcomes, strict=True):
+            compile_s = ((outcome.result or {}).get("compile") or {}).get("compile_s", 0.0)
+            self.jobs.append(
+                JobRecord(
+                    case_id=case.id,
+                    name=name,
+                    mode=job.mode,
+                    elapsed_s=outcome.elapsed_s if outcome.elapsed_s == outcome.elapsed_s else 0.0,
+                    reused=outcome.reused,
+                    compile_s=0.0 if outcome.reused else compile_s,
+                    ok=outcome.ok,
+                )
             )
-        # The probe's step fitted but the timed run did not (compiled graphs differ in size):
-        # step down to the next smaller micro-batch.
-        timing_ooms.append(oom.reason(micro_batch, outcome.oom_events()[0]))
-    return replace(base, status="infeasible", reason="; ".join(timing_ooms))
+        return outcomes
+
+    def probe_job(self, case: Case, sizes: list[int]) -> Job:
+        return self.job(case, "probe", sizes[-1], 1, len(sizes), micro_batches=tuple(sizes))
+
+    def timing_job(
+        self,
+        case: Case,
+        micro_batch: int,
+        grad_acc: int,
+        *,
+        timed_steps: int | None = None,
+        max_grad_acc: int | None = None,
+    ) -> Job:
+        """A timing job at this micro-batch, measuring min(accumulation, the cap) micro-batches a step
+        (`max_grad_acc`: a cap of its own, below the options', for a brief timing)."""
+        cap = min(self.options.max_measured_grad_acc, max_grad_acc or self.options.max_measured_grad_acc)
+        measured = grad_acc if self.options.full_accumulation else min(grad_acc, cap)
+        plan = self.plan(case, micro_batch, measured)
+        warmup = self.warmup(plan)
+        steps = warmup + (timed_steps or self.options.timed_steps)
+        return self.job(
+            case, "time", micro_batch, measured, steps, warmup_steps=warmup, target_grad_acc_steps=grad_acc
+        )
+
+    def probes_on(self, case: Case) -> bool:
+        """Whether this case's micro-batch is found by probing: on GPUs, and on the CPU when a memory
+        budget is set (tests); a CPU job otherwise has no memory to run out of and takes the largest."""
+        if self.options.probe == "always":
+            return True
+        if self.options.probe == "never":
+            return False
+        from harness.cpu_memory import BUDGET_ENV
+
+        return case.gpu_type != "cpu" or BUDGET_ENV in self.options.env
+
+    def finish(self, base: Result, plan: Plan, timing: dict[str, Any], timing_ooms: list[str]) -> Result:
+        """The result of a timing job that trained `plan` (the plan is what the report exports)."""
+        return finish(base, plan, timing, timing_ooms)
+
+    def phase(self, case: Case, message: str, jobs_left: int | None = None) -> None:
+        """Live progress: the case, what it is doing, and the time the search has left."""
+        if self.options.progress is None:
+            return
+        eta = ""
+        ran = [j.elapsed_s for j in self.jobs if not j.reused and j.elapsed_s > 0]
+        if jobs_left and ran:
+            eta = f"; about {jobs_left * statistics.fmean(ran) / 60:.1f} min left for {jobs_left} job(s)"
+        self.options.progress(case.id, f"{message}{eta}")
+
+    def _same_loader(self, result: Result) -> bool:
+        """Whether a stored result was timed with the data loader these options ask for (a result
+        without a plan, infeasible or pruned before any timing, stands for any)."""
+        if not result.plan:
+            return True
+        return result.plan["training_args"].get("dataloader_num_workers", 0) == self.options.loader_workers
 
 
-def _warmup(options: EngineOptions, plan_args: dict[str, Any]) -> int:
-    if options.warmup_steps is not None:
-        return options.warmup_steps
-    return 3 if plan_args.get("torch_compile") else 2
+def _group_id(cases: list[Case]) -> str:
+    first = cases[0]
+    nodes = f"-{first.num_nodes}nodes" if first.num_nodes > 1 else ""
+    models = sorted({c.model for c in cases})
+    return f"{'+'.join(models)}-{first.gpu_type}x{first.gpus_per_node}{nodes}"
 
 
-def _run(
-    case: Case,
-    mode: str,
-    extra: dict[str, Any],
-    micro_batch: int,
-    grad_acc: int,
-    options: EngineOptions,
-    job_dir: Path,
-) -> JobOutcome:
-    plan = _plan(case, micro_batch, grad_acc, options).to_dict()
-    warmup = _warmup(options, plan["training_args"])
-    steps = warmup + options.timed_steps if mode == "time" else len(extra.get("micro_batches", [1]))
-    # The same job of an earlier, interrupted attempt at this case, newest first: if it finished, its
-    # outcome stands (the job carries the environment fingerprint, so only this environment's count).
-    earlier = (
-        sorted(job_dir.parent.parent.glob(f"*/{job_dir.name}"), reverse=True)
-        if options.reuse_finished_jobs and not options.force
-        else []
-    )
-    return run_plan(
-        case,
-        mode,
-        micro_batch,
-        grad_acc,
-        steps,
-        options,
-        job_dir,
-        plan=plan,
-        warmup_steps=warmup,
-        reuse=[d for d in earlier if d != job_dir],
-        **extra,
-    )
-
-
-def run_plan(
-    case: Case,
-    mode: str,
-    micro_batch: int,
-    grad_acc: int,
-    steps: int,
-    options: EngineOptions,
-    job_dir: Path,
-    *,
-    training_overrides: dict[str, Any] | None = None,
-    plan: dict[str, Any] | None = None,
-    reuse: list[Path] | tuple[Path, ...] = (),
-    **extra: Any,
-) -> JobOutcome:
-    """One worker job (`mode`) training `case` with its plan at this micro-batch and accumulation.
-
-    `plan`: the plan to train (one made already, or a result's recorded one) instead of planning anew;
-    its steps and folder are replaced. `training_overrides` replaces TrainingArguments fields (the
-    loss-parity runs' schedule).
-    """
-    if plan is None:
-        plan = _plan(case, micro_batch, grad_acc, options).to_dict()
-    plan = json.loads(json.dumps(plan))  # a copy: the caller's plan (a stored result's) stays as it is
-    assert plan["micro_batch_size"] == micro_batch and plan["grad_acc_steps"] == grad_acc
-    plan["training_args"] |= {"max_steps": steps, "output_dir": str(job_dir / "trainer")}
-    plan["training_args"] |= training_overrides or {}
-    job = {
-        "mode": mode,
-        "plan": plan,
-        "device": "cpu" if case.gpu_type == "cpu" else "cuda",
-        **extra,
-    }
-    return run_job(
-        job,
-        nproc=case.gpus_per_node,
-        num_nodes=case.num_nodes,
-        job_dir=job_dir,
-        timeout_s=options.timeout_s,
-        env=options.env,
-        reuse=reuse,
-    )
-
-
-def _probe(
-    case: Case, candidates: list[int], fingerprint: str, options: EngineOptions, job_root: Path
-) -> tuple[JobOutcome, list[int], list[dict[str, Any]]]:
-    """The probe job(s): the outcome that decides, the micro-batches that fit, the fit/OOM events.
-
-    Micro-batch 1 is tried only when 2 does not fit: whatever fits at 2 fits at 1, and a compiled
-    model starting at 1 pays for a second compilation (sizes 0 and 1 always get a graph of their own).
-    """
-    implied = len(candidates) > 1 and candidates[0] == 1
-    ramp = candidates[1:] if implied else candidates
-
-    def run(sizes: list[int], name: str) -> tuple[JobOutcome, list[int], list[dict[str, Any]]]:
-        extra = {"micro_batches": sizes, "fingerprint": fingerprint}
-        outcome = _run(case, "probe", extra, sizes[-1], 1, options, job_root / name)
-        events = [e for e in outcome.events if e.get("event") in ("fit", "oom")]
-        return outcome, _fitting(outcome, case.num_gpus, sizes), events
-
-    probe, fits, events = run(ramp, "probe")
-    if not implied or not (fits or probe.oom_events()):
-        return probe, fits, events
-    if fits:
-        return probe, [1, *fits], [{"event": "fit", "micro_batch": 1, "implied_by": fits[0]}, *events]
-    single, fits, more = run([1], "probe-mb1")
-    return single, fits, events + more
-
-
-def _fitting(probe: JobOutcome, world: int, candidates: list[int]) -> list[int]:
-    """Micro-batches whose probe step completed on every rank, below the first that ran out of memory."""
-    counts: dict[int, int] = {}
-    for event in probe.events:
-        if event.get("event") == "fit":
-            counts[event["micro_batch"]] = counts.get(event["micro_batch"], 0) + 1
-    fits = []
-    for size in candidates:
-        if counts.get(size, 0) < world:
-            break
-        fits.append(size)
-    return fits
-
-
-def _finish(base: Result, plan: Plan, timing: dict[str, Any], timing_ooms: list[str]) -> Result:
+def finish(base: Result, plan: Plan, timing: dict[str, Any], timing_ooms: list[str]) -> Result:
     """The result of a timing job that trained `plan`: the plan is what the report exports."""
     from hardware import get_gpu
     from models import get_model
@@ -301,6 +331,7 @@ def _finish(base: Result, plan: Plan, timing: dict[str, Any], timing_ooms: list[
         optimizer=timing.get("optimizer", {}),
         plan=plan.to_dict(),
         environment=base.environment | {"worker": timing.get("environment", {})},
+        timing_warning=timing_warning(timing.get("step_samples_s", [])),
     )
     problems = sanity_problems(result)
     if problems:
@@ -308,6 +339,6 @@ def _finish(base: Result, plan: Plan, timing: dict[str, Any], timing_ooms: list[
     return result
 
 
-def _report(options: EngineOptions, case: Case, phase: str) -> None:
-    if options.progress is not None:
-        options.progress(case.id, phase)
+def oom_reason(outcome: JobOutcome) -> str:
+    first = outcome.oom_events()[0]
+    return oom.reason(first["micro_batch"], first)

@@ -1,10 +1,12 @@
-"""Launch: every probe and timing is a real distributed job in fresh processes, through torchrun.
+"""Launchers: run one `Job` as a real distributed job and return its outcome with every rank's events.
 
-One node: `python -m torch.distributed.run --standalone`-style with a free port per job (parallel
-pytest workers never collide). Several nodes: the same command on every node with a c10d rendezvous
-(MASTER_ADDR/MASTER_PORT, NNODES, NODE_RANK from the environment, as SLURM job steps set them).
-A timeout bounds every job; the whole process group is killed when it expires. stdout/stderr go to
-the job folder and their tail comes back with the outcome.
+`Launcher` is the interface the engine and the search strategies use; `LocalLauncher` runs torchrun
+on this node (one node: a c10d rendezvous on a free local port, so parallel controllers never
+collide; several nodes: the same command on every node, meeting at MASTER_ADDR/MASTER_PORT as SLURM
+job steps set them). Each job leases its GPUs from the node's pool and sees only those; it runs in
+a session of its own under a timeout, and the launcher owns every process it starts
+(harness.processes): whatever ends the job, no worker outlives it. Output goes to the job folder;
+the outcome says how the job ended and, for a failure, which rank failed first and why.
 """
 
 from __future__ import annotations
@@ -13,17 +15,22 @@ import contextlib
 import json
 import math
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness import processes
 from harness.env import ROOT
+from harness.failure import first_failure, read_log
+from harness.gpu_pool import GpuPool
+from harness.job import JOB_FILE, Job
 
 # NVLink multicast (NVLS) can take a shared host's GPUs out of service; the suite never needs it.
 SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
@@ -32,6 +39,7 @@ TAIL_CHARS = 4000
 STACK_DUMP_SIGNAL = signal.SIGUSR1
 STACK_DUMP_GRACE_S = 3.0
 OUTCOME_FILE = "outcome.json"  # how the job ended, written by the launcher once it has
+RESULT_FILE = "result.json"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -43,6 +51,9 @@ class JobOutcome:
     events: list[dict[str, Any]] = field(hash=False)
     output_tail: str
     job_dir: Path
+    devices: tuple[str, ...] = ()  # the GPUs the job ran on
+    reused: bool = False  # the outcome of an earlier attempt's job, not run again
+    leftovers_killed: int = 0  # workers still alive after torchrun ended, killed by the launcher
 
     @property
     def ok(self) -> bool:
@@ -52,17 +63,20 @@ class JobOutcome:
         return [e for e in self.events if e.get("event") == "oom"]
 
     def failure(self) -> str:
-        """Why the job did not produce a result, in one line: how it ended and its last error."""
+        """Why the job did not produce a result, in one line: how it ended, what it was doing, and the
+        first failing rank's own error."""
         if self.timed_out:
             head = f"job timed out after {self.elapsed_s:.0f} s and was killed"
         elif self.returncode is not None and self.returncode < 0:
             head = f"job killed by signal {-self.returncode}"
+        elif self.returncode == 0:
+            head = f"job exited with code 0 without a result (rank 0 wrote no {RESULT_FILE})"
         else:
             head = f"job exited with code {self.returncode}"
-        error = last_error(self.output_tail)
+        cause = first_failure(self.events, read_log(self.job_dir / "output.log") or self.output_tail)
         doing = self.unfinished_try()
         doing_text = f" while trying micro-batch {doing}" if doing is not None else ""
-        return f"{head}{doing_text}{': ' + error if error else ''} (log: {self.job_dir / 'output.log'})"
+        return f"{head}{doing_text}{': ' + cause if cause else ''} (log: {self.job_dir / 'output.log'})"
 
     def unfinished_try(self) -> int | None:
         """The probe micro-batch some rank started and did not finish, if the job ended mid-try."""
@@ -75,22 +89,18 @@ class JobOutcome:
         return max(started.values()) if started else None
 
 
-_EXCEPTION = re.compile(r"(?:^|[\s:])([A-Za-z_][\w.]*(?:Error|Exception): .*)$")
-_SIGNAL = re.compile(r"(Signal \d+ \(\w+\).*|Killed.*)$")
+class Launcher:
+    """Runs jobs. `run` one job in `job_dir` (or takes the finished outcome of the same job from one
+    of the `reuse` folders); `run_all` several independent jobs, at the same time where it can."""
 
+    name = "launcher"
+    parallel = False
 
-def last_error(output: str) -> str:
-    """The last exception line in a job's output ('ValueError: ...'), else the last signal line.
+    def run(self, job: Job, job_dir: Path, *, reuse: Sequence[Path] = ()) -> JobOutcome:
+        raise NotImplementedError
 
-    A rank's own exception says more than the SIGTERM torchrun then sends its peers.
-    """
-    lines = [line.strip() for line in output.splitlines()]
-    for pattern in (_EXCEPTION, _SIGNAL):
-        for line in reversed(lines):
-            match = pattern.search(line)
-            if match and "ChildFailedError" not in match.group(1):
-                return match.group(1)[:300]
-    return ""
+    def run_all(self, jobs: Sequence[tuple[Job, Path, Sequence[Path]]]) -> list[JobOutcome]:
+        return [self.run(job, job_dir, reuse=reuse) for job, job_dir, reuse in jobs]
 
 
 def free_port() -> int:
@@ -114,59 +124,127 @@ def torchrun_command(nproc: int, job_file: Path, *, num_nodes: int = 1) -> list[
     return [*base, *rdzv, "-m", "harness.worker", str(job_file)]
 
 
-def run_job(
-    job: dict[str, Any],
-    *,
-    nproc: int,
-    job_dir: Path,
-    timeout_s: float,
-    num_nodes: int = 1,
-    env: dict[str, str] | None = None,
-    reuse: list[Path] | tuple[Path, ...] = (),
-) -> JobOutcome:
-    """Run `job` in `job_dir`, or return the outcome of the same job that already finished in one of
-    the `reuse` folders (a run interrupted after the job ended loses nothing)."""
-    for earlier in reuse:
-        if (done := finished_outcome(job, earlier)) is not None:
-            return done
-    job_dir.mkdir(parents=True, exist_ok=True)
-    for stale in [*job_dir.glob("events-rank*.jsonl"), job_dir / "result.json", job_dir / OUTCOME_FILE]:
-        stale.unlink(missing_ok=True)
-    job_file = job_dir / "job.json"
-    job_file.write_text(json.dumps(job, indent=1))
-    cmd = torchrun_command(nproc, job_file, num_nodes=num_nodes)
-    full_env = {**os.environ, **SAFE_ENV, "PYTHONPATH": _pythonpath(), "PYTHONUNBUFFERED": "1", **(env or {})}
-    if "cuda" not in job.get("device", "cuda"):
-        # CPU jobs share the host's cores: one thread per rank keeps ranks from fighting.
-        full_env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    log_path = job_dir / "output.log"
-    started = time.monotonic()
-    with log_path.open("wb") as log:
-        log.write((" ".join(cmd) + "\n").encode())
-        log.flush()
-        proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=ROOT, start_new_session=True
-        )
-        timed_out = False
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            _dump_stacks(job_dir, proc)
-            _kill_group(proc)
-        except BaseException:
-            # Interrupted (Ctrl-C, or SIGTERM turned into KeyboardInterrupt by the suite): the job runs
-            # in its own session and would train on, unseen, beside whatever runs next. No outcome is
-            # recorded: the job did not end by itself.
-            _kill_group(proc)
-            raise
-    elapsed = time.monotonic() - started
-    ended = {"returncode": proc.returncode, "timed_out": timed_out, "elapsed_s": elapsed}
-    (job_dir / OUTCOME_FILE).write_text(json.dumps(ended))
-    return _load_outcome(job_dir, ended)
+class LocalLauncher(Launcher):
+    """torchrun on this node. GPU jobs lease their GPUs from `pool`; with `parallel`, `run_all` runs
+    independent jobs side by side on disjoint GPUs (off unless a check showed that a case timed beside
+    others agrees with the same case timed alone)."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        *,
+        pool: GpuPool | None = None,
+        env: dict[str, str] | None = None,
+        parallel: bool = False,
+        waiting: Callable[[str], None] | None = None,
+    ):
+        self.pool = pool
+        self.env = dict(env or {})
+        self.parallel = parallel
+        self.waiting = waiting
+
+    def run(self, job: Job, job_dir: Path, *, reuse: Sequence[Path] = ()) -> JobOutcome:
+        for earlier in reuse:
+            if (done := finished_outcome(job, earlier)) is not None:
+                return done
+        job_dir.mkdir(parents=True, exist_ok=True)
+        for stale in [*job_dir.glob("events-rank*.jsonl"), job_dir / RESULT_FILE, job_dir / OUTCOME_FILE]:
+            stale.unlink(missing_ok=True)
+        job_file = job.in_folder(job_dir).write(job_dir)
+        if job.device == "cuda" and self.pool is not None and self.pool.devices:
+            told = self._waiting_note(job) if self.waiting else None
+            with self.pool.lease(job.nproc, holder=str(job_dir), waiting=told) as devices:
+                return self._start(job, job_file, devices)
+        return self._start(job, job_file, ())
+
+    def _waiting_note(self, job: Job) -> Callable[[dict], None]:
+        def note(held: dict) -> None:
+            busy = ", ".join(f"GPU {d} ({(h or {}).get('job', 'another run')})" for d, h in held.items())
+            assert self.waiting is not None
+            self.waiting(f"[{job.case_id}] waiting for {job.nproc} free GPU(s): {busy or 'all in use'}")
+
+        return note
+
+    def run_all(self, jobs: Sequence[tuple[Job, Path, Sequence[Path]]]) -> list[JobOutcome]:
+        if not self.parallel or len(jobs) < 2:
+            return super().run_all(jobs)
+        width = max(1, len(self.pool.devices) // max(job.nproc for job, _, _ in jobs)) if self.pool else 1
+        with ThreadPoolExecutor(max_workers=width) as threads:
+            # Each thread leases its own GPUs; the pool keeps their sets disjoint.
+            futures = [threads.submit(self.run, job, job_dir, reuse=reuse) for job, job_dir, reuse in jobs]
+            return [f.result() for f in futures]
+
+    def _start(self, job: Job, job_file: Path, devices: tuple[str, ...]) -> JobOutcome:
+        job_dir = job_file.parent
+        cmd = torchrun_command(job.nproc, job_file, num_nodes=job.num_nodes)
+        env = {
+            **os.environ,
+            **SAFE_ENV,
+            "PYTHONPATH": _pythonpath(),
+            "PYTHONUNBUFFERED": "1",
+            **self.env,
+            **dict(job.env),
+        }
+        if devices:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
+        if job.device == "cpu":
+            # CPU jobs share the host's cores: one share of them per rank keeps ranks from fighting.
+            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // job.nproc)))
+        log_path = job_dir / "output.log"
+        started = time.monotonic()
+        with log_path.open("wb") as log:
+            log.write((" ".join(cmd) + "\n").encode())
+            log.flush()
+            proc = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=ROOT,
+                start_new_session=True,
+                # torchrun dies with this thread of the controller, and its workers with it (each
+                # asks for the same of torchrun): a controller killed outright leaves nothing running.
+                preexec_fn=processes.die_with_parent,
+            )
+            timed_out = False
+            try:
+                proc.wait(timeout=job.timeout_s)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                _dump_stacks(job_dir, proc)
+                processes.end_job(proc)
+            except BaseException:
+                # Interrupted (Ctrl-C, or SIGTERM turned into KeyboardInterrupt by the suite): no outcome
+                # is recorded, the job did not end by itself.
+                processes.end_job(proc)
+                raise
+        # torchrun has ended; a worker that outlived it (it ignored torchrun's SIGTERM and torchrun
+        # was killed before its own SIGKILL) is ended here.
+        leftovers = processes.kill_all(_workers(job_dir))
+        elapsed = time.monotonic() - started
+        ended = {
+            "returncode": proc.returncode,
+            "timed_out": timed_out,
+            "elapsed_s": elapsed,
+            "devices": list(devices),
+            "leftovers_killed": len(leftovers),
+        }
+        (job_dir / OUTCOME_FILE).write_text(json.dumps(ended))
+        return _load_outcome(job_dir, ended)
 
 
-def finished_outcome(job: dict[str, Any], job_dir: Path) -> JobOutcome | None:
+def _workers(job_dir: Path) -> list[processes.Proc]:
+    """The workers of this host that announced themselves in the job's events."""
+    host = socket.gethostname()
+    return [
+        processes.Proc(pid=e["pid"], ppid=0, started=e["started"])
+        for e in _read_events(job_dir)
+        if e.get("event") == "start" and e.get("host") == host and "started" in e
+    ]
+
+
+def finished_outcome(job: Job, job_dir: Path) -> JobOutcome | None:
     """The outcome of `job` if `job_dir` holds the same job, ended with a verdict: a result, or an
     out-of-memory event. Crashes and timeouts say nothing about the case and are run again.
 
@@ -175,20 +253,20 @@ def finished_outcome(job: dict[str, Any], job_dir: Path) -> JobOutcome | None:
     written before this controller started. A later one comes from a job orphaned by a controller
     killed outright, which may have trained beside this controller's jobs: it is run again."""
     try:
-        earlier = json.loads((job_dir / "job.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        earlier = Job.from_dict(json.loads((job_dir / JOB_FILE).read_text()))
+    except (FileNotFoundError, json.JSONDecodeError, TypeError, ValueError, KeyError):
         return None
-    if _comparable(earlier) != _comparable(job):
+    if earlier.comparable() != job.comparable():
         return None
     try:
         ended = json.loads((job_dir / OUTCOME_FILE).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
-        if not _written_before_this_controller(job_dir / "result.json"):
+        if not _written_before_this_controller(job_dir / RESULT_FILE):
             return None
         ended = {"returncode": 0, "timed_out": False, "elapsed_s": math.nan}
     if ended["timed_out"]:
         return None
-    outcome = _load_outcome(job_dir, ended)
+    outcome = _load_outcome(job_dir, ended, reused=True)
     return outcome if outcome.ok or outcome.oom_events() else None
 
 
@@ -203,17 +281,8 @@ def _written_before_this_controller(path: Path) -> bool:
         return False
 
 
-def _comparable(job: dict[str, Any]) -> dict[str, Any]:
-    """A job without the folder it ran in (the trainer's output_dir lies inside it), as JSON reads it
-    back (tuples become lists), so that a job and its job.json compare equal."""
-    job = json.loads(json.dumps(job))
-    plan = job.get("plan", {})
-    args = {k: v for k, v in plan.get("training_args", {}).items() if k != "output_dir"}
-    return job | {"plan": plan | {"training_args": args}}
-
-
-def _load_outcome(job_dir: Path, ended: dict[str, Any]) -> JobOutcome:
-    result_file = job_dir / "result.json"
+def _load_outcome(job_dir: Path, ended: dict[str, Any], *, reused: bool = False) -> JobOutcome:
+    result_file = job_dir / RESULT_FILE
     timed_out = ended["timed_out"]
     result = json.loads(result_file.read_text()) if result_file.exists() and not timed_out else None
     return JobOutcome(
@@ -224,6 +293,9 @@ def _load_outcome(job_dir: Path, ended: dict[str, Any]) -> JobOutcome:
         events=_read_events(job_dir),
         output_tail=_tail(job_dir / "output.log"),
         job_dir=job_dir,
+        devices=tuple(ended.get("devices", ())),
+        reused=reused,
+        leftovers_killed=ended.get("leftovers_killed", 0),
     )
 
 
@@ -233,44 +305,14 @@ def _pythonpath() -> str:
 
 
 def _dump_stacks(job_dir: Path, proc: subprocess.Popen) -> None:
-    """Ask each worker of this host that announced itself to print its Python stacks into the log,
-    then wait briefly. (Other nodes' pids name other processes here: they are left alone.)"""
-    host = socket.gethostname()
-    starts = [e for e in _read_events(job_dir) if e.get("event") == "start"]
-    announced = {e["pid"] for e in starts if e.get("host") == host}
-    # Only torchrun's own children: a worker that already exited may have left its pid to another
-    # process, which the signal (terminating by default) must not reach.
-    pids = [pid for pid in announced if _parent_pid(pid) == proc.pid]
-    for pid in pids:
-        with contextlib.suppress(OSError):  # it may exit between the check and the signal
-            os.kill(pid, STACK_DUMP_SIGNAL)
-    if pids:
+    """Ask each worker of this job to print its Python stacks into the log, then wait briefly."""
+    workers = [w for w in _workers(job_dir) if processes.is_alive(w)]
+    # Only processes of this job's tree: the signal (terminating by default) must reach no other.
+    tree = {p.pid for p in processes.process_tree(proc.pid)}
+    signalled = processes.kill_all([w for w in workers if w.pid in tree], STACK_DUMP_SIGNAL)
+    if signalled:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=STACK_DUMP_GRACE_S)
-
-
-def _parent_pid(pid: int) -> int | None:
-    """The parent of a live process (Linux /proc), or None."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # "pid (command) state ppid ...": the command may hold spaces and parentheses.
-    return int(stat.rsplit(")", 1)[1].split()[1])
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGTERM the job's whole process group (torchrun and its workers), SIGKILL what outlives 10 s."""
-    for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def _read_events(job_dir: Path) -> list[dict[str, Any]]:

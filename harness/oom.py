@@ -42,9 +42,10 @@ def memory_now() -> dict[str, float]:
     }
 
 
-def describe(error: BaseException) -> dict[str, Any]:
-    """Figures for the verdict: what was in use, what the failed allocation asked for, the total."""
-    figures: dict[str, Any] = dict(memory_now())
+def describe(error: BaseException, memory: dict[str, float] | None = None) -> dict[str, Any]:
+    """Figures for the verdict: what was in use (`memory`, else the card's now), what the failed
+    allocation asked for, the total."""
+    figures: dict[str, Any] = dict(memory if memory is not None else memory_now())
     match = _REQUEST.search(str(error))
     requested = float(match.group(1)) * _UNITS[match.group(2)] if match else 0.0
     figures["requested_gib"] = requested

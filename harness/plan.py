@@ -14,9 +14,6 @@ from typing import Any
 from harness.cases import Case
 from harness.methods import DEEPSPEED_STAGES, FSDP_STRATEGIES
 
-# Optimizer classes by recipe name. The recipe's "adam" is torch's Adam (L2-style weight decay, as
-# the original code ran it), not AdamW.
-TORCH_OPTIMIZERS = {"adam": "torch.optim:Adam", "adamw": "torch.optim:AdamW"}
 # Under DeepSpeed: its fused GPU Adam, or its CPU Adam when the optimizer states are offloaded (ZeRO
 # refuses other optimizers with offload), each with the keyword that switches decoupled (AdamW) decay.
 DEEPSPEED_OPTIMIZERS = {
@@ -38,8 +35,8 @@ class Plan:
     use_kernels: bool  # Mamba's CUDA kernels (mamba-ssm, causal-conv1d)
     # Keyword arguments of transformers.TrainingArguments, JSON-ready (DeepSpeed dict and FSDP config inside).
     training_args: dict[str, Any] = field(hash=False)
-    # Optimizer class ("module:Class") and its keyword arguments; the Trainer builds it with its
-    # parameter groups (no decay for biases and norms) under every method, DeepSpeed included.
+    # Optimizer class ("module:Class"), its keyword arguments and the weight-decay rule (models.decay)
+    # the Trainer builds its two parameter groups from, under every method, DeepSpeed included.
     optimizer: dict[str, Any] = field(hash=False)
 
     @property
@@ -234,14 +231,19 @@ def make_plan(
     }
     # fused: one multi-tensor kernel per step instead of a loop over parameters.
     fused = {"fused": True} if on_gpu else {}
-    optimizer: dict[str, Any] = {"target": TORCH_OPTIMIZERS[recipe.optimizer], "kwargs": hyper | fused}
+    no_decay = {"no_decay": recipe.no_decay}
+    optimizer: dict[str, Any] = {"target": recipe.optimizer_target, "kwargs": hyper | fused, **no_decay}
     if method.uses_deepspeed:
         args["deepspeed"] = _deepspeed_config(method.sharding, method.offloading)
         # The Trainer builds DeepSpeed's optimizer too, not the DeepSpeed dict: from the dict DeepSpeed
         # would put every parameter in one group and decay biases and norms, which the Trainer exempts
         # under every other method.
         ds_optimizer, decoupled = DEEPSPEED_OPTIMIZERS[method.offloading]
-        optimizer = {"target": ds_optimizer, "kwargs": hyper | {decoupled: recipe.optimizer == "adamw"}}
+        optimizer = {
+            "target": ds_optimizer,
+            "kwargs": hyper | {decoupled: recipe.optimizer == "adamw"},
+            **no_decay,
+        }
     if method.uses_fsdp:
         strategy = FSDP_STRATEGIES[method.sharding]
         # Everything in fsdp_config: transformers 5.x deprecates the "full_shard auto_wrap offload"

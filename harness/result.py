@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -10,16 +11,18 @@ from typing import Any
 from harness.cases import Case
 from harness.methods import Method
 
-STATUSES = ("ok", "infeasible", "error")
+# ok: measured; infeasible: cannot run here (measured out of memory, or refused before any job, with
+# the reason); pruned: a dominance rule of the fast search says it cannot be the fastest (its rule and
+# figures in `reason`); error: a crash, a hang or the sanity gate.
+STATUSES = ("ok", "infeasible", "pruned", "error")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Result:
     case: Case
-    status: (
-        str  # ok | infeasible (measured: out of memory, indivisible batch) | error (crash, hang, sanity gate)
-    )
+    status: str  # one of STATUSES
     reason: str = ""
+    rule: str = ""  # the pruning rule of a pruned result (harness.prune)
     micro_batch_size: int | None = None
     grad_acc_steps: int | None = None
     measured_grad_acc_steps: int | None = None
@@ -40,7 +43,11 @@ class Result:
     plan: dict[str, Any] = field(default_factory=dict, hash=False)
     environment: dict[str, Any] = field(default_factory=dict, hash=False)
     fingerprint: str = ""
+    timing_warning: str = ""  # set when the timed steps' spread is too wide (see timing_warning())
     log_tail: str = ""  # the end of a failed job's output (the reason holds its one-line summary)
+    # How the search settled it: strategy, timing rung (brief / full), the memory prediction, what
+    # bounded the micro-batch.
+    search: dict[str, Any] = field(default_factory=dict, hash=False)
     created: float = field(default_factory=time.time)
 
     @property
@@ -74,7 +81,38 @@ def sanity_problems(result: Result) -> list[str]:
         problems.append("the training loss is not finite")
     if result.mfu is not None and result.mfu > 1.0:
         problems.append(f"MFU {result.mfu:.2f} exceeds the hardware peak: the timing is wrong")
+    if samples and all(math.isfinite(s) and s > 0 for s in samples):
+        ratio = max(samples) / min(samples)
+        gross = GROSS_RATIO[result.case.gpu_type == "cpu"]
+        if ratio > gross:
+            problems.append(
+                f"timed steps range from {min(samples):.4g} to {max(samples):.4g} s ({ratio:.1f}x, more than "
+                f"{gross:g}x): something else ran on the device or host during the timing"
+            )
     return problems
+
+
+# A timing whose inter-quartile range exceeds this fraction of its median is flagged as unstable
+# (measured GPU timings: 0.6% to 4.8%); one whose slowest timed step is more than GROSS_RATIO times its
+# fastest fails the sanity gate. CPU jobs share a small host's cores with everything else and get a
+# wider gross bound, (gpu, cpu).
+UNSTABLE_SPREAD = 0.10
+GROSS_RATIO = {False: 2.0, True: 10.0}
+
+
+def timing_warning(samples: list[float]) -> str:
+    """A flag for a timing whose spread is too wide to trust its median to a few percent, or ""."""
+    if len(samples) < 2:
+        return ""
+    quartiles = statistics.quantiles(samples, n=4)
+    median = statistics.median(samples)
+    spread = (quartiles[2] - quartiles[0]) / median if median > 0 else math.inf
+    if spread <= UNSTABLE_SPREAD:
+        return ""
+    return (
+        f"unstable timing: the inter-quartile range is {100 * spread:.0f}% of the median "
+        f"(bound {100 * UNSTABLE_SPREAD:.0f}%); steps ranged {min(samples):.4g}-{max(samples):.4g} s"
+    )
 
 
 # What bounded a feasible result's micro-batch (see micro_batch_limit).
@@ -82,6 +120,9 @@ LIMIT_MEMORY = "memory"  # the next size ran out of memory, in the probe or in t
 LIMIT_BATCH = "batch"  # the whole per-GPU batch is one micro-batch: nothing larger exists
 LIMIT_CAP = "cap"  # the probe stopped below both without running out: a --max-micro-batch cap
 LIMIT_NOT_PROBED = "not probed"  # no probe ran (CPU cases): the largest candidate was taken
+# The memory model put the next size so far over the card that no probe was needed (the timed run
+# proved that this one fits).
+LIMIT_PREDICTED = "memory (predicted)"
 
 
 def micro_batch_limit(result: Result) -> str:
@@ -93,6 +134,9 @@ def micro_batch_limit(result: Result) -> str:
     """
     if not result.feasible or result.micro_batch_size is None:
         return ""
+    searched = result.search.get("limit")
+    if searched and not result.reason and searched != LIMIT_BATCH:
+        return searched
     if result.grad_acc_steps == 1:
         return LIMIT_BATCH
     if result.reason:  # a feasible result's reason: the timed run's out-of-memory step-down

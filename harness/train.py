@@ -13,7 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-from harness.launch import run_job
+from harness.job import Job
+from harness.launch import LocalLauncher
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,12 +37,16 @@ def main(argv: list[str] | None = None) -> int:
     job_dir = args.output_dir or args.config / "train"
     if args.max_steps is not None:
         plan["training_args"]["max_steps"] = args.max_steps
-    plan["training_args"]["output_dir"] = str(job_dir / "trainer")
     case = plan["case"]
-    job = {"mode": "train", "plan": plan, "device": "cpu" if case["gpu_type"] == "cpu" else "cuda"}
-    outcome = run_job(
-        job, nproc=case["gpus_per_node"], num_nodes=case["num_nodes"], job_dir=job_dir, timeout_s=args.timeout
+    job = Job(
+        mode="train",
+        plan=plan,
+        nproc=case["gpus_per_node"],
+        num_nodes=case["num_nodes"],
+        device="cpu" if case["gpu_type"] == "cpu" else "cuda",
+        timeout_s=args.timeout,
     )
+    outcome = LocalLauncher().run(job, job_dir)
     if not outcome.ok:
         print(outcome.failure(), file=sys.stderr)
         return 1

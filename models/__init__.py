@@ -6,7 +6,7 @@ built from explicit configs, never fetched from a hub, when `ModelSpec.build_mod
 
 from __future__ import annotations
 
-from harness.names import lookup
+from models.names import lookup
 from models.registry import MODELS, PAPER_MODELS, TINY_MODELS
 from models.spec import FAMILIES, ModelSpec, Recipe
 

@@ -23,7 +23,9 @@ def pythia_recipe(*, lr: float, precision: str) -> Recipe:
         global_batch=1024,
         training_steps=PYTHIA_STEPS,
         precision=precision,
-        optimizer="adam",
+        # GPT-NeoX's "Adam" is FusedAdam in AdamW mode, with biases and norms exempt from decay.
+        optimizer="adamw",
+        no_decay="bias-norm",
         lr=lr,
         betas=(0.9, 0.95),
         eps=1e-8,
@@ -80,7 +82,9 @@ ROBERTA_RECIPE = Recipe(
     training_steps=500_000,
     precision="fp16",
     # eps 1e-6 as in the RoBERTa paper's table 9; the paper's own code left the Trainer's 1e-8.
-    optimizer="adam",
+    # fairseq's Adam decays decoupled (AdamW) and exempts no parameter.
+    optimizer="adamw",
+    no_decay="none",
     lr=4e-4,
     betas=(0.9, 0.98),
     eps=1e-6,
@@ -143,6 +147,7 @@ MAMBA_RECIPE = Recipe(
     training_steps=MAMBA_STEPS,
     precision="bf16",
     optimizer="adamw",
+    no_decay="bias-norm-ssm",
     lr=8e-4,
     betas=(0.9, 0.95),
     eps=1e-8,
@@ -198,6 +203,7 @@ CONVNEXT_RECIPE = Recipe(
     training_steps=311_940,
     precision="fp32",
     optimizer="adamw",
+    no_decay="bias-1d",
     lr=4e-3,
     betas=(0.9, 0.999),
     eps=1e-8,
@@ -253,7 +259,9 @@ VIT_RECIPE = Recipe(
     global_batch=4096,
     training_steps=311_948,
     precision="fp32",
-    optimizer="adam",
+    # flax's Adam of the original code decayed decoupled, scaled by the learning rate: AdamW.
+    optimizer="adamw",
+    no_decay="none",
     lr=1e-3,
     betas=(0.9, 0.999),
     eps=1e-8,

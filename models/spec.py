@@ -44,9 +44,10 @@ def _plain(value: Any) -> Any:
 class Recipe:
     """How the original code trained a model: batch, length, precision, optimizer and schedule.
 
-    `optimizer`: "adam" is torch.optim.Adam, whose weight decay is L2 added to the gradient, as the
-    recipes of Pythia, RoBERTa and ViT name Adam; "adamw" is torch.optim.AdamW, decoupled decay. The
-    Trainer has no `optim` name for plain Adam, hence `optimizer_target` and `optimizer_kwargs`.
+    `optimizer`: "adamw" is torch.optim.AdamW, decoupled weight decay, which every original code ran
+    (GPT-NeoX's and fairseq's "Adam" are AdamW-mode implementations); "adam" is torch.optim.Adam, L2
+    decay added to the gradient. `no_decay` names the rule of models.decay for which parameters the
+    original code exempted from decay.
     `lr_scheduler_type` and `lr_scheduler_kwargs` use the Trainer's names; `max_grad_norm` 0.0 means
     no clipping (the Trainer's convention).
     """
@@ -63,8 +64,13 @@ class Recipe:
     lr_scheduler_kwargs: tuple[tuple[str, float], ...] = ()
     warmup_steps: int
     max_grad_norm: float
+    no_decay: str = "bias-norm"
 
     def __post_init__(self) -> None:
+        from models.decay import RULES
+
+        if self.no_decay not in RULES:
+            raise ValueError(f"unknown weight-decay rule {self.no_decay!r}; choose from {', '.join(RULES)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}")
         if self.optimizer not in OPTIMIZERS:

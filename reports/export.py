@@ -29,7 +29,7 @@ def _json(data: Any) -> str:
 
 def training_steps(result: Result) -> int:
     """The replication's optimizer steps: the recipe's; the plan's own for a model since renamed."""
-    from harness.names import UnknownNameError
+    from models.names import UnknownNameError
     from models import get_model
 
     try:

@@ -97,8 +97,13 @@ def test_whole_matrix_collects_with_unique_sorted_ids(tmp_path):
         ("--gpu-counts", "0", "counts must be at least 1"),
         ("--timed-steps", "3", "--timed-steps must be at least 5"),
         ("--validation-steps", "0", "--validation-steps must be at least 1"),
-        ("--validation-chunk", "0", "--validation-chunk must be at least 1 step"),
-        ("--loader-workers", "-1", "--loader-workers must be 0 or more, got -1"),
+        ("--validation-chunk", "0", "--validation-chunk must be at least 1, got 0"),
+        ("--loader-workers", "-1", "--loader-workers must be at least 0, got -1"),
+        ("--max-micro-batch", "0", "--max-micro-batch must be at least 1, got 0"),
+        ("--max-micro-batch", "-4", "--max-micro-batch must be at least 1, got -4"),
+        ("--job-timeout", "0", "--job-timeout must be more than 0, got 0"),
+        ("--parity-steps", "1", "--parity-steps must be at least 2"),
+        ("--timed-steps", "many", "--timed-steps takes a int, got 'many'"),
     ],
 )
 def test_invalid_option_values_are_usage_errors(tmp_path, option, value, expected):

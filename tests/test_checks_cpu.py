@@ -10,10 +10,15 @@ import pytest
 from harness import faults
 from harness.cases import Case
 from harness.checks import PARITY_TOLERANCE, loss_parity, validate
-from harness.engine import EngineOptions, measure_case
+from harness.engine import Engine, EngineOptions
+from harness.search import measure_case
 from harness.methods import FREE_LUNCH, NAIVE, Method
 from harness.result import Result, micro_batch_limit, sanity_problems
 from harness.store import ResultStore
+
+
+def make_engine(store: ResultStore, options: EngineOptions, launcher=None) -> Engine:
+    return Engine(store=store, environment={}, fingerprint=lambda case: "t", options=options, launcher=launcher)
 
 
 def options(tmp_path) -> EngineOptions:
@@ -31,7 +36,7 @@ def options(tmp_path) -> EngineOptions:
 def test_free_lunch_and_checkpointing_match_naive_eager_losses(tmp_path, method):
     store = ResultStore(tmp_path / "store")
     case = Case(model="tiny-vit", gpu_type="cpu", gpus_per_node=1, method=method)
-    record = loss_parity(case, store=store, options=options(tmp_path), steps=4)
+    record = loss_parity(case, engine=make_engine(store, options(tmp_path)), steps=4)
     assert record["reference_case_id"] == "tiny-vit-cpux1-naive"
     assert len(record["losses"]) == len(record["reference_losses"]) == 4
     assert all(math.isfinite(x) for x in record["losses"])
@@ -53,7 +58,7 @@ def test_parity_reuses_the_naive_reference_of_earlier_cases(tmp_path):
     references = {("tiny-vit-cpux1-naive", 1, 2, 3): [100.0, 100.0, 100.0]}
     opts = options(tmp_path)
     record = loss_parity(
-        case, store=ResultStore(tmp_path / "s"), options=opts, steps=3, references=references
+        case, engine=make_engine(ResultStore(tmp_path / "s"), opts), steps=3, references=references
     )
     assert record["reference_losses"] == [100.0, 100.0, 100.0] and not record["passed"]
     assert not list(opts.work_dir.rglob("parity-reference"))
@@ -66,7 +71,7 @@ def test_parity_of_a_case_that_cannot_run_here_says_why(tmp_path):
         gpus_per_node=2,
         method=Method(free_lunch=True, sharding="zero2"),
     )
-    record = loss_parity(case, store=ResultStore(tmp_path / "s"), options=options(tmp_path))
+    record = loss_parity(case, engine=make_engine(ResultStore(tmp_path / "s"), options(tmp_path)))
     assert not record["passed"] and "DeepSpeed" in record["skipped_reason"]
 
 
@@ -76,7 +81,7 @@ def test_parity_whose_reference_does_not_fit_says_so_and_spends_nothing_on_the_m
     monkeypatch.setenv(faults.ENV, "oom:rank=0")  # every run that starts here runs out of memory
     case = Case(model="tiny-vit", gpu_type="cpu", gpus_per_node=1, method=FREE_LUNCH)
     store, opts = ResultStore(tmp_path / "s"), options(tmp_path)
-    record = loss_parity(case, store=store, options=opts, steps=2)
+    record = loss_parity(case, engine=make_engine(store, opts), steps=2)
     assert not record["passed"] and record["losses"] == []
     expected = "naive eager, the reference, does not fit here: OOM at micro-batch 1"
     assert record["skipped_reason"].startswith(expected)
@@ -95,7 +100,7 @@ def test_fsdp_matches_naive_ddp_losses(tmp_path, sharding):
         gpus_per_node=2,
         method=Method(free_lunch=False, sharding=sharding),
     )
-    record = loss_parity(case, store=ResultStore(tmp_path / "s"), options=options(tmp_path), steps=4)
+    record = loss_parity(case, engine=make_engine(ResultStore(tmp_path / "s"), options(tmp_path)), steps=4)
     assert record["reference_case_id"] == "pythia-14m-cpux2-naive"
     assert record["wrapped_model"].startswith("FSDP")
     assert record["passed"], record
@@ -108,7 +113,7 @@ def test_validation_trains_at_the_full_accumulation_and_compares(tmp_path):
     case = Case(model="tiny-vit", gpu_type="cpu", gpus_per_node=1, method=NAIVE)
     result = measure_case(case, store=store, environment={}, fingerprint="t", options=options(tmp_path))
     assert result.status == "ok" and result.grad_acc_steps == 8 and result.measured_grad_acc_steps == 2
-    record = validate(result, store=store, options=options(tmp_path), steps=20)
+    record = validate(result, engine=make_engine(store, options(tmp_path)), steps=20)
     assert record["steps"] == 20 and record["grad_acc_steps"] == 8 and record["machine"] == "cpu x1"
     assert record["measured_step_s"] > 0
     expected = 100 * (record["predicted_step_s"] - record["measured_step_s"]) / record["measured_step_s"]
@@ -151,20 +156,19 @@ def test_what_bounded_the_micro_batch_is_read_from_the_result():
 
 
 class FakeJobs:
-    """Stands in for run_plan: each validation job 'measures' the next window time on the next boot."""
+    """Stands in for the launcher: each validation job 'measures' the next window time on the next boot."""
 
     def __init__(self, monkeypatch, windows: list[float], boots: list[str]):
-        from harness import checks
         from harness.env import code_version
-        from harness.launch import JobOutcome
+        from harness.launch import JobOutcome, LocalLauncher
 
         self.calls: list[int] = []
         self.timeouts: list[float] = []
 
-        def run_plan(case, mode, mb, gas, max_steps, options, job_dir, *, timed_steps, **kwargs):
-            assert mode == "validate" and kwargs["plan"] == {"fake": "plan"}
-            self.calls.append(timed_steps)
-            self.timeouts.append(options.timeout_s)
+        def run(launcher, job, job_dir, *, reuse=()):
+            assert job.mode == "validate" and job.plan["fake"] == "plan"
+            self.calls.append(job.timed_steps)
+            self.timeouts.append(job.timeout_s)
             result = {
                 "window_step_s": windows[len(self.calls) - 1],
                 "environment": {"boot_id": boots[len(self.calls) - 1], "code_version": code_version()},
@@ -179,7 +183,7 @@ class FakeJobs:
                 job_dir=job_dir,
             )
 
-        monkeypatch.setattr(checks, "run_plan", run_plan)
+        monkeypatch.setattr(LocalLauncher, "run", run)
 
 
 def predicted(boot: str | None = "boot-a", created: float = 1.0) -> Result:
@@ -192,7 +196,7 @@ def predicted(boot: str | None = "boot-a", created: float = 1.0) -> Result:
         grad_acc_steps=4,
         step_time_s=1.0,
         fingerprint="fp",
-        plan={"fake": "plan"},
+        plan={"fake": "plan", "training_args": {}},
         environment={"worker": worker},
         created=created,
     )
@@ -202,11 +206,11 @@ def test_a_validation_in_parts_goes_on_where_it_stopped(tmp_path, monkeypatch):
     store, opts = ResultStore(tmp_path / "s"), options(tmp_path)
     jobs = FakeJobs(monkeypatch, windows=[1.0, 2.0, 4.0], boots=["boot-a"] * 3)
     result = predicted()
-    first = validate(result, store=store, options=opts, steps=5, chunk=2)
+    first = validate(result, engine=make_engine(store, opts), steps=5, chunk=2)
     assert first == {"case_id": result.case.id, "steps": 5, "steps_done": 2, "parts": 1, "complete": False}
     assert store.checks("validation") == []
-    assert validate(result, store=store, options=opts, steps=5, chunk=2)["steps_done"] == 4
-    record = validate(result, store=store, options=opts, steps=5, chunk=2)
+    assert validate(result, engine=make_engine(store, opts), steps=5, chunk=2)["steps_done"] == 4
+    record = validate(result, engine=make_engine(store, opts), steps=5, chunk=2)
     assert jobs.calls == [2, 2, 1]
     # Total time over total steps: (2 x 1.0 + 2 x 2.0 + 1 x 4.0) / 5.
     assert record["measured_step_s"] == pytest.approx(2.0) and record["steps"] == 5
@@ -214,7 +218,7 @@ def test_a_validation_in_parts_goes_on_where_it_stopped(tmp_path, monkeypatch):
     # The parts are used up: a new validation of the same prediction measures afresh.
     jobs.calls.clear()
     FakeJobs(monkeypatch, windows=[3.0], boots=["boot-a"])
-    again = validate(result, store=store, options=opts, steps=5)
+    again = validate(result, engine=make_engine(store, opts), steps=5)
     assert again["measured_step_s"] == pytest.approx(3.0)
 
 
@@ -224,7 +228,7 @@ def test_a_validation_job_gets_its_predicted_training_time_beyond_the_job_timeou
     opts = replace(options(tmp_path), timeout_s=100.0)
     jobs = FakeJobs(monkeypatch, windows=[30.0], boots=["boot-a"])
     validate(
-        replace(predicted(), step_time_s=30.0), store=ResultStore(tmp_path / "s"), options=opts, steps=10
+        replace(predicted(), step_time_s=30.0), engine=make_engine(ResultStore(tmp_path / "s"), opts), steps=10
     )
     assert jobs.timeouts == [pytest.approx(100.0 + 1.5 * 13 * 30.0)]
 
@@ -232,13 +236,13 @@ def test_a_validation_job_gets_its_predicted_training_time_beyond_the_job_timeou
 def test_parts_of_another_prediction_or_code_version_are_not_combined(tmp_path, monkeypatch):
     store, opts = ResultStore(tmp_path / "s"), options(tmp_path)
     FakeJobs(monkeypatch, windows=[1.0, 1.0], boots=["boot-a"] * 2)
-    validate(predicted(created=1.0), store=store, options=opts, steps=4, chunk=2)
+    validate(predicted(created=1.0), engine=make_engine(store, opts), steps=4, chunk=2)
     stale = dict(
         store.check_history("validation-part")[0], part_id="old", code_version="0+other", created=2.0
     )
     store.append_check("validation-part", stale)
     jobs = FakeJobs(monkeypatch, windows=[5.0], boots=["boot-a"])
-    progress = validate(predicted(created=9.0), store=store, options=opts, steps=4, chunk=2)
+    progress = validate(predicted(created=9.0), engine=make_engine(store, opts), steps=4, chunk=2)
     assert (
         jobs.calls == [2] and progress["steps_done"] == 2
     )  # neither the other result's part nor the stale one
@@ -247,9 +251,9 @@ def test_parts_of_another_prediction_or_code_version_are_not_combined(tmp_path, 
 def test_enough_stored_steps_run_nothing(tmp_path, monkeypatch):
     store, opts = ResultStore(tmp_path / "s"), options(tmp_path)
     FakeJobs(monkeypatch, windows=[1.0], boots=["boot-a"])
-    validate(predicted(), store=store, options=opts, steps=4, chunk=2)
+    validate(predicted(), engine=make_engine(store, opts), steps=4, chunk=2)
     jobs = FakeJobs(monkeypatch, windows=[], boots=[])
-    record = validate(predicted(), store=store, options=opts, steps=2)
+    record = validate(predicted(), engine=make_engine(store, opts), steps=2)
     assert jobs.calls == [] and record["steps"] == 2 and record["complete"]
 
 
@@ -267,6 +271,6 @@ def test_same_instance_needs_every_part_on_the_predicting_boot(
 ):
     store, opts = ResultStore(tmp_path / "s"), options(tmp_path)
     FakeJobs(monkeypatch, windows=[1.0, 1.0], boots=boots)
-    validate(predicted(predicted_on), store=store, options=opts, steps=2, chunk=1)
-    record = validate(predicted(predicted_on), store=store, options=opts, steps=2, chunk=1)
+    validate(predicted(predicted_on), engine=make_engine(store, opts), steps=2, chunk=1)
+    record = validate(predicted(predicted_on), engine=make_engine(store, opts), steps=2, chunk=1)
     assert record["same_instance"] is same

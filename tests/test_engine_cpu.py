@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from harness.cases import Case
-from harness.engine import EngineOptions, measure_case
+from harness.engine import EngineOptions
+from harness.search import measure_case
 from harness.methods import Method
 from harness.result import micro_batch_limit
 from harness.store import ResultStore

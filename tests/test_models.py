@@ -22,7 +22,7 @@ FLOPS_TOLERANCE = 0.05  # the formulas land within 1% today; 5% still catches a 
 # the registry: (global batch, steps, precision, optimizer, lr, betas, eps, weight decay, warmup,
 # grad clip, schedule, schedule kwargs).
 PYTHIA = (1024, 143_000)
-PYTHIA_OPT = ("adam",)
+PYTHIA_OPT = ("adamw",)
 PYTHIA_REST = ((0.9, 0.95), 1e-8, 0.01, 1430, 1.0, "cosine_with_min_lr", {"min_lr_rate": 0.1})
 EXPECTED_RECIPES = {
     "pythia-160m": (*PYTHIA, "fp16", *PYTHIA_OPT, 6e-4, *PYTHIA_REST),
@@ -31,7 +31,7 @@ EXPECTED_RECIPES = {
     "pythia-1.4b": (*PYTHIA, "fp16", *PYTHIA_OPT, 2e-4, *PYTHIA_REST),
     "pythia-2.8b": (*PYTHIA, "fp16", *PYTHIA_OPT, 1.6e-4, *PYTHIA_REST),
     "pythia-6.9b": (*PYTHIA, "fp16", *PYTHIA_OPT, 1.2e-4, *PYTHIA_REST),
-    "roberta": (8192, 500_000, "fp16", "adam", 4e-4, (0.9, 0.98), 1e-6, 0.01, 30_000, 0.0, "linear", {}),
+    "roberta": (8192, 500_000, "fp16", "adamw", 4e-4, (0.9, 0.98), 1e-6, 0.01, 30_000, 0.0, "linear", {}),
     "mamba": (
         128,
         572_204,
@@ -47,7 +47,7 @@ EXPECTED_RECIPES = {
         {"min_lr": 1e-5},
     ),
     "convnext": (4096, 311_940, "fp32", "adamw", 4e-3, (0.9, 0.999), 1e-8, 0.05, 17_330, 0.0, "cosine", {}),
-    "vit": (4096, 311_948, "fp32", "adam", 1e-3, (0.9, 0.999), 1e-8, 0.03, 10_000, 1.0, "linear", {}),
+    "vit": (4096, 311_948, "fp32", "adamw", 1e-3, (0.9, 0.999), 1e-8, 0.03, 10_000, 1.0, "linear", {}),
 }
 
 # (layers, hidden, heads, vocab or classes, sequence or image size) from the reference notes.
@@ -167,7 +167,7 @@ def test_specs_are_frozen_hashable_data():
         spec.name = "other"  # type: ignore[misc]
     assert isinstance(spec.recipe, Recipe) and isinstance(spec, ModelSpec)
     assert spec.config_kwargs["vocab_size"] == 50304
-    assert spec.recipe.optimizer_target == "torch.optim:Adam"
+    assert spec.recipe.optimizer_target == "torch.optim:AdamW"
     assert get_model("mamba").recipe.optimizer_target == "torch.optim:AdamW"
 
 
@@ -382,7 +382,7 @@ def test_the_mamba_kernel_path_is_read_through_transformers_wrapper(monkeypatch,
 
     from transformers.integrations import use_kernel_func_from_hub_with_fallback
 
-    from harness.worker import mamba_kernel_path
+    from harness.compat import mamba_kernel_path
 
     package = types.ModuleType("mamba_ssm")
 

@@ -75,6 +75,7 @@ def test_deepspeed_dict_has_the_stage_and_the_recipes_optimizer(sharding, stage,
             "weight_decay": recipe.weight_decay,
             decoupled: recipe.optimizer == "adamw",
         },
+        "no_decay": recipe.no_decay,
     }
     assert ("offload_optimizer" in zero) == offload
     assert ("offload_param" in zero) == (offload and stage == 3)
@@ -84,14 +85,20 @@ def test_deepspeed_dict_has_the_stage_and_the_recipes_optimizer(sharding, stage,
     assert ds.get("zero_force_ds_cpu_optimizer", True) is not offload
 
 
-def test_adam_recipes_are_l2_adam_and_adamw_recipes_decoupled_under_deepspeed():
-    assert get_model("pythia-160m").recipe.optimizer == "adam"
-    assert get_model("mamba").recipe.optimizer == get_model("convnext").recipe.optimizer == "adamw"
-    mode = {
-        m: plan_for(case(m, sharding="zero2")).optimizer["kwargs"]["adam_w_mode"]
-        for m in ("pythia-160m", "roberta", "vit", "mamba", "convnext")
+def test_every_recipe_decays_decoupled_under_deepspeed_too_with_its_own_groups():
+    # GPT-NeoX's and fairseq's "Adam" are AdamW-mode implementations; flax's Adam decayed decoupled.
+    models = ("pythia-160m", "roberta", "vit", "mamba", "convnext")
+    assert {get_model(m).recipe.optimizer for m in models} == {"adamw"}
+    plans = {m: plan_for(case(m, sharding="zero2")).optimizer for m in models}
+    assert all(p["kwargs"]["adam_w_mode"] is True for p in plans.values())
+    rules = {m: p["no_decay"] for m, p in plans.items()}
+    assert rules == {
+        "pythia-160m": "bias-norm",
+        "roberta": "none",
+        "vit": "none",
+        "mamba": "bias-norm-ssm",
+        "convnext": "bias-1d",
     }
-    assert mode == {"pythia-160m": False, "roberta": False, "vit": False, "mamba": True, "convnext": True}
 
 
 # --- FSDP --------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Name lookup in the registries, with suggestions for a misspelt name."""
+"""Name lookup in the registries, with suggestions for a misspelt name (a leaf: imports nothing of ours)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,126 @@
+"""Dominance rules: which cases of a model on a node cannot be the fastest, and why, with figures.
+
+Every rule compares a case with another of the same model, node and checkpointing setting whose
+largest micro-batch (predicted by the memory model, or measured) is at least as large, and that does
+less of the same work per step at that micro-batch:
+- `offload`: offloading moves optimizer states (and, fully sharded, weights) to the host and steps
+  the optimizer there; it pays only by fitting a larger micro-batch than any unoffloaded method, so
+  it is pruned where an unoffloaded method reaches its micro-batch.
+- `sharding`: within one engine (DeepSpeed: ZeRO-1 < 2 < 3; FSDP: shard-grad-op < full-shard; plain
+  DDP), a heavier sharding communicates more per step at the same micro-batch; it is pruned where a
+  lighter one of the same engine reaches its micro-batch.
+- `checkpointing`: recomputing the forward pass pays only by raising the largest micro-batch past
+  the one the same method reaches without it; it is pruned where it does not.
+Engines are not compared with each other: their implementations differ in more than the volume they
+communicate (ZeRO-1 was measured faster than DDP at the same micro-batch on 2 x H200).
+A pruned case becomes a result of its own kind, never a measured or infeasible one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from harness.cases import Case
+
+# Weight of each sharding within its engine: a larger one communicates more per step.
+ENGINE = {"none": "ddp", "zero1": "deepspeed", "zero2": "deepspeed", "zero3": "deepspeed"}
+ENGINE |= {"fsdp_grad_op": "fsdp", "fsdp_full": "fsdp"}
+WEIGHT = {"none": 0, "zero1": 1, "zero2": 2, "zero3": 3, "fsdp_grad_op": 1, "fsdp_full": 2}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Pruned:
+    rule: str
+    by: str  # the case id that dominates
+    reason: str
+
+
+def _label(case: Case) -> str:
+    return case.method.slug
+
+
+def _offload(case: Case, other: Case, fits: dict[str, int]) -> Pruned | None:
+    m = case.method
+    if not m.offloading or other.method.offloading:
+        return None
+    if other.method.activation_checkpointing != m.activation_checkpointing:
+        return None
+    return Pruned(
+        rule="offload",
+        by=other.id,
+        reason=(
+            f"{_label(other)} fits micro-batch {fits[other.id]} without offloading, {_label(case)} "
+            f"{fits[case.id]}; offloading adds host traffic and a CPU optimizer step and cannot be faster"
+        ),
+    )
+
+
+def _sharding(case: Case, other: Case, fits: dict[str, int]) -> Pruned | None:
+    m, o = case.method, other.method
+    if ENGINE[m.sharding] != ENGINE[o.sharding] or WEIGHT[o.sharding] >= WEIGHT[m.sharding]:
+        return None
+    if (o.offloading, o.activation_checkpointing) != (m.offloading, m.activation_checkpointing):
+        return None
+    return Pruned(
+        rule="sharding",
+        by=other.id,
+        reason=(
+            f"{_label(other)} fits micro-batch {fits[other.id]}, {_label(case)} {fits[case.id]}; "
+            f"{_label(case)} shards more and communicates more per step: it cannot be faster"
+        ),
+    )
+
+
+def _checkpointing(case: Case, other: Case, fits: dict[str, int]) -> Pruned | None:
+    m, o = case.method, other.method
+    if not m.activation_checkpointing or o.activation_checkpointing:
+        return None
+    if (o.sharding, o.offloading, o.free_lunch) != (m.sharding, m.offloading, m.free_lunch):
+        return None
+    return Pruned(
+        rule="checkpointing",
+        by=other.id,
+        reason=(
+            f"{_label(other)} fits micro-batch {fits[other.id]} without checkpointing, {_label(case)} "
+            f"{fits[case.id]}; recomputing the forward pass cannot be faster"
+        ),
+    )
+
+
+RULES: dict[str, Callable[[Case, Case, dict[str, int]], Pruned | None]] = {
+    "checkpointing": _checkpointing,
+    "offload": _offload,
+    "sharding": _sharding,
+}
+
+
+def prune(cases: list[Case], fits: dict[str, int]) -> dict[str, Pruned]:
+    """The cases (of one model and node) that a rule prunes, given each case's largest micro-batch.
+
+    Cases without a known micro-batch are neither pruned nor used to prune. A case is pruned only by
+    one that is not pruned itself (rules are applied against the survivors, lightest first), so that
+    a chain of rules always ends at a case that is measured.
+    """
+    known = sorted((c for c in cases if c.id in fits), key=_cost)
+    survivors: list[Case] = []
+    pruned: dict[str, Pruned] = {}
+    for case in known:
+        for other in survivors:
+            if fits[other.id] < fits[case.id]:
+                continue
+            for rule in RULES.values():
+                if (found := rule(case, other, fits)) is not None:
+                    pruned[case.id] = found
+                    break
+            if case.id in pruned:
+                break
+        else:
+            survivors.append(case)
+    return pruned
+
+
+def _cost(case: Case) -> tuple[int, int, int, str]:
+    """Lightest first: no checkpointing, no offloading, the least sharding."""
+    m = case.method
+    return (int(m.activation_checkpointing), int(m.offloading), WEIGHT[m.sharding], case.id)
