@@ -81,7 +81,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     config = session.config
     state = config.stash[bench_key]
     state.selected = [
-        item.callspec.params["case"]
+        item.callspec.params["case"]  # type: ignore[attr-defined]
         for item in session.items
         if "case" in getattr(getattr(item, "callspec", None), "params", {})
         and item.get_closest_marker("skip") is None

@@ -1,8 +1,8 @@
 """The session's view of the engine: options from the command line, the store, the launcher, the search.
 
-A case test asks `measure(case)`. The exhaustive search measures that case alone. The fast search
-works on a whole group (one model on one node: the selected cases that share it) the first time one
-of its cases asks, and answers the others from what that search settled. Under pytest-xdist two
+A case test asks `measure(case)`. A search works on a whole group (one model on one node: the
+selected cases that share it) the first time one of its cases asks, and answers the others from what
+it settled; so the search of a model on a node is one search, with one wall time, whichever strategy. Under pytest-xdist two
 workers may ask for cases of one group: a lock per group in the results folder lets one search while
 the other waits, then finds every result of the group in the store.
 """
@@ -89,7 +89,7 @@ class Runner:
 
     def measure(self, case: Case) -> Result:
         if case.id not in self.results:
-            cases = [case] if self.strategy.name == "exhaustive" else self.groups.get(group_key(case), [case])
+            cases = self.groups.get(group_key(case), [case])
             with self._group_lock(group_key(case)):
                 self.results |= self.engine.search(cases, self.strategy)
         return self.results[case.id]

@@ -23,8 +23,21 @@ GIB = 1024**3
 MIB = 1024**2
 
 
-def _bytes(tensor: torch.Tensor) -> int:
-    return tensor.untyped_storage().nbytes()
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """The shard this rank holds of a DTensor (FSDP2's parameters); the tensor itself otherwise."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+def _storage(tensor: torch.Tensor) -> tuple[int, int]:
+    """(key, bytes) of the memory behind a tensor, each storage once; FSDP frees (resizes to nothing)
+    the storage of gathered parameters, whose pointer can then no longer be read: such a tensor counts
+    by its own size."""
+    tensor = _local(tensor)
+    try:
+        storage = tensor.untyped_storage()
+        return storage.data_ptr(), storage.nbytes()
+    except RuntimeError:
+        return id(tensor), tensor.numel() * tensor.element_size()
 
 
 class CpuMemory:
@@ -43,14 +56,13 @@ class CpuMemory:
         if optimizer is not None:
             inner = getattr(optimizer, "optimizer", optimizer)
             tensors += [v for state in inner.state.values() for v in state.values() if torch.is_tensor(v)]
-        self._parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
-        self.states = sum(_bytes(t) for t in {t.untyped_storage().data_ptr(): t for t in tensors}.values())
+        self._parameters = {_storage(p)[0] for p in model.parameters()}
+        self.states = sum(dict(_storage(t) for t in tensors).values())
 
     def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
-        ptr = tensor.untyped_storage().data_ptr()
-        if ptr not in self._seen and ptr not in self._parameters:
-            self._seen.add(ptr)
-            size = _bytes(tensor)
+        key, size = _storage(tensor)
+        if key not in self._seen and key not in self._parameters:
+            self._seen.add(key)
             self.activations += size
             total = self.states + self.activations
             if self.budget is not None and total > self.budget:

@@ -149,7 +149,11 @@ class _Group:
                 if model is None:
                     self._ramp_down(case, self.candidates)  # no model: probe as the exhaustive search does
                     continue
-                budget = memory.budget_gib(_total(self.events, model, self.known))
+                total = _total(self.events, model, self.known)
+                if total <= 0:  # no total reported: nothing to predict against
+                    self._ramp_down(case, self.candidates)
+                    continue
+                budget = memory.budget_gib(total, cpu=case.gpu_type == "cpu")
                 prediction = memory.predict(model, self.candidates, budget, memory.states_gib(case))
                 self.predictions[case.id] = prediction
                 if prediction.micro_batch is None:

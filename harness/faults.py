@@ -74,7 +74,7 @@ def training_overrides(fault: Fault | None) -> dict[str, object]:
         import torch._inductor.config as inductor
 
         # A real InductorError from inductor's own code generation; no cached graph may hide it.
-        inductor.cpp.cxx = MISSING_COMPILER
+        inductor.cpp.cxx = MISSING_COMPILER  # type: ignore[assignment]
         inductor.force_disable_caches = True
     return overrides
 

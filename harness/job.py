@@ -74,7 +74,7 @@ class Job:
         if unknown:
             raise ValueError(f"job has unknown fields: {', '.join(sorted(unknown))}")
         tuples = {"micro_batches", "candidates"}
-        values = {k: (tuple(v) if k in tuples else v) for k, v in data.items()}
+        values: dict[str, Any] = {k: (tuple(v) if k in tuples else v) for k, v in data.items()}
         values["env"] = tuple((str(k), str(v)) for k, v in data.get("env", ()))
         return cls(**values)
 

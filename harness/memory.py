@@ -24,7 +24,8 @@ from harness.cases import Case
 # probe; one closer to the budget is probed (the fit's error on the probes measured so far: under 3%
 # when fitted at micro-batches of 4 and more, 7% from smaller ones under checkpointing).
 CERTAIN_MARGIN = 0.15
-# What the allocator cannot use of a card's total: the CUDA context and fragmentation.
+# What the allocator cannot use of a card's total: the CUDA context and fragmentation. A CPU job's
+# budget (harness.cpu_memory) is its own count, with nothing outside it.
 RESERVE_GIB = 1.0
 
 
@@ -63,8 +64,8 @@ def fit(points: list[tuple[int, float]], *, states_gib: float, source: str) -> M
     )
 
 
-def budget_gib(total_gib: float) -> float:
-    return total_gib - RESERVE_GIB
+def budget_gib(total_gib: float, *, cpu: bool = False) -> float:
+    return total_gib if cpu else total_gib - RESERVE_GIB
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -98,25 +98,20 @@ RULES: dict[str, Callable[[Case, Case, dict[str, int]], Pruned | None]] = {
 def prune(cases: list[Case], fits: dict[str, int]) -> dict[str, Pruned]:
     """The cases (of one model and node) that a rule prunes, given each case's largest micro-batch.
 
-    Cases without a known micro-batch are neither pruned nor used to prune. A case is pruned only by
-    one that is not pruned itself (rules are applied against the survivors, lightest first), so that
-    a chain of rules always ends at a case that is measured.
+    Cases without a known micro-batch are neither pruned nor used to prune. Cases are taken lightest
+    first, each compared with every lighter one, pruned or not: the rules chain (ZeRO-2 with
+    checkpointing is pruned by ZeRO-2, which ZeRO-1 prunes), and every chain ends at a survivor.
     """
     known = sorted((c for c in cases if c.id in fits), key=_cost)
-    survivors: list[Case] = []
     pruned: dict[str, Pruned] = {}
-    for case in known:
-        for other in survivors:
+    for i, case in enumerate(known):
+        for other in known[:i]:
             if fits[other.id] < fits[case.id]:
                 continue
-            for rule in RULES.values():
-                if (found := rule(case, other, fits)) is not None:
-                    pruned[case.id] = found
-                    break
-            if case.id in pruned:
+            found = next((w for rule in RULES.values() if (w := rule(case, other, fits)) is not None), None)
+            if found is not None:
+                pruned[case.id] = found
                 break
-        else:
-            survivors.append(case)
     return pruned
 
 

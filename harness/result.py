@@ -81,9 +81,9 @@ def sanity_problems(result: Result) -> list[str]:
         problems.append("the training loss is not finite")
     if result.mfu is not None and result.mfu > 1.0:
         problems.append(f"MFU {result.mfu:.2f} exceeds the hardware peak: the timing is wrong")
-    if samples and all(math.isfinite(s) and s > 0 for s in samples):
+    gross = GROSS_RATIO.get(result.case.gpu_type == "cpu")
+    if gross is not None and samples and all(math.isfinite(s) and s > 0 for s in samples):
         ratio = max(samples) / min(samples)
-        gross = GROSS_RATIO[result.case.gpu_type == "cpu"]
         if ratio > gross:
             problems.append(
                 f"timed steps range from {min(samples):.4g} to {max(samples):.4g} s ({ratio:.1f}x, more than "
@@ -92,12 +92,14 @@ def sanity_problems(result: Result) -> list[str]:
     return problems
 
 
-# A timing whose inter-quartile range exceeds this fraction of its median is flagged as unstable
-# (measured GPU timings: 0.6% to 4.8%); one whose slowest timed step is more than GROSS_RATIO times its
-# fastest fails the sanity gate. CPU jobs share a small host's cores with everything else and get a
-# wider gross bound, (gpu, cpu).
+# A timing whose inter-quartile range exceeds this fraction of its median is flagged as unstable, in
+# the result and the report (measured GPU timings: 0.6% to 4.8%). On a GPU, a timing whose slowest
+# timed step took more than GROSS_RATIO times its fastest fails the sanity gate: nothing in a steady
+# training step varies that much. The CPU profile (keyed True) is only flagged: it shares a small host
+# with everything else by design (CI runs it beside other tests, where a 30-ms step was seen to take
+# 1.7 s), and its figures prove the pipeline, not a machine's speed.
 UNSTABLE_SPREAD = 0.10
-GROSS_RATIO = {False: 2.0, True: 10.0}
+GROSS_RATIO: dict[bool, float] = {False: 2.0}
 
 
 def timing_warning(samples: list[float]) -> str:

@@ -41,10 +41,15 @@ def main(argv: list[str] | None = None) -> int:
     from reports.rows import groups
     from reports.tables import text_table
 
-    files = write_report(results, args.out, validations=validations, parities=parities)
+    searches = store.check_history("search")
+    files = write_report(results, args.out, validations=validations, parities=parities, searches=searches)
     if results:
         print("\n".join(text_table(summary_table(groups(results)).frame)))
     for line in check_lines(validations, parities):
+        print(line)
+    from reports.search import search_lines
+
+    for line in search_lines(searches):
         print(line)
     for name, path in files.items():
         print(f"{name}: {path}")

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from harness.result import LIMIT_CAP, Result, micro_batch_limit
-from reports import checks, costs, export, html, plots
+from reports import checks, costs, export, html, plots, search
 from reports.rows import RESULT_COLUMNS, Group, dedupe, environment_value, groups, result_row
 from reports.tables import (
     Table,
@@ -53,7 +53,9 @@ def summary_table(found: list[Group]) -> Table:
             {
                 "model": group.model,
                 "hardware": group.label,
-                "method": best.case.method.slug if best else group.status,
+                "method": (best.case.method.slug + (" (unstable timing)" if best.timing_warning else ""))
+                if best
+                else group.status,
                 "micro-batch x acc.": _micro_batch(best) if best else "",
                 "days": fmt_days(best.training_days) if best else "",
                 "MFU": fmt_mfu(best.mfu) if best else "",
@@ -133,6 +135,7 @@ def write_report(
     *,
     validations: Sequence[Mapping[str, Any]] = (),
     parities: Sequence[Mapping[str, Any]] = (),
+    searches: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Path]:
     """Every report file under out_dir; returns them by name (plots and checks only where there was data)."""
     out_dir = Path(out_dir)
@@ -231,6 +234,12 @@ def write_report(
         ),
         ("Train with a best setting", [*commands] or ["No feasible result."]),
     ]
+    if searches:
+        search_table = search.search_table(searches)
+        files["search"] = out_dir / "search.md"
+        files["search"].write_text(markdown([search_table], "Search"))
+        search_table.frame.to_csv(out_dir / "search.csv", index=False)
+        sections.append(("Search", [search_table]))
     if validation_tables:
         sections.append(("Step-time validation", validation_tables))
     if parity_tables:

@@ -29,8 +29,8 @@ def _json(data: Any) -> str:
 
 def training_steps(result: Result) -> int:
     """The replication's optimizer steps: the recipe's; the plan's own for a model since renamed."""
-    from models.names import UnknownNameError
     from models import get_model
+    from models.names import UnknownNameError
 
     try:
         return get_model(result.case.model).recipe.training_steps

@@ -68,6 +68,7 @@ class ReportCollector:
         self.report_dir = report_dir
         self.results_dir = results_dir
         self.stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.started = time.time()
         self.rows: dict[str, Any] = {}  # node id -> Result.to_dict()
         self.checks: dict[str, dict[str, Any]] = {
             kind: {} for kind in CHECK_PROPERTIES
@@ -127,6 +128,7 @@ class ReportCollector:
         from reports.build import check_lines, summary_table, write_report
         from reports.checks import merge
         from reports.rows import dedupe, groups
+        from reports.search import search_lines
         from reports.tables import text_table
 
         measured = self.measured()
@@ -135,17 +137,27 @@ class ReportCollector:
             # Nothing measured or checked in this session (a unit-test run, --collect-only): writing
             # a report from the store alone is `python -m reports`'s job.
             return
-        stored = ResultStore(self.results_dir).latest_per_case()
+        store = ResultStore(self.results_dir)
+        stored = store.latest_per_case()
         merged = dedupe([*stored.values(), *measured])  # this session's rows last: they win
         found = {kind: merge(self.stored_checks(kind), session_checks[kind]) for kind in CHECK_PROPERTIES}
+        searches = store.check_history("search")
         self.out_dir = self.run_dir()
         self.files = write_report(
-            merged, self.out_dir, validations=found["validation"], parities=found["parity"]
+            merged, self.out_dir, validations=found["validation"], parities=found["parity"], searches=searches
         )
         self.summary = text_table(summary_table(groups(merged)).frame) if merged else []
         self.summary += check_lines(found["validation"], found["parity"])
+        # This session's searches: what the run just cost.
+        self.summary += search_lines([r for r in searches if r.get("created", 0.0) >= self.started])
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        from reports.search import faults_line
+
+        faults = faults_line(since=self.started)
+        if faults is not None:  # this session ran the fault matrix (tests/test_faults.py)
+            terminalreporter.write_sep("-", "pretrain-bench fault matrix")
+            terminalreporter.write_line(faults)
         if not self.files and not self.problems:
             return
         terminalreporter.write_sep("-", "pretrain-bench report")

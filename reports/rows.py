@@ -64,9 +64,11 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "sharding",
     "offloading",
     "status",
+    "origin",  # measured, measured briefly, pruned (rule), infeasible (measured / before any job), error
     "feasible",
     "reason",
     *MEASURED_FIELDS,
+    "timing_warning",
     "micro_batch_limit",  # what bounded the micro-batch: memory, batch, cap or not probed
     *ENVIRONMENT_KEYS[1:],  # gpu_name stands with the hardware columns above
     "fingerprint",
@@ -102,6 +104,18 @@ def days(result: Result) -> float:
     return result.training_days if result.training_days is not None else math.inf
 
 
+def origin(result: Result) -> str:
+    """How a result was settled: measured (fully or briefly), pruned by a rule, infeasible, error."""
+    if result.status == "ok":
+        return "measured briefly" if result.search.get("rung") == "brief" else "measured"
+    if result.status == "pruned":
+        return f"pruned ({result.rule})"
+    if result.status == "infeasible":
+        measured = bool(result.probe) or result.reason.startswith("OOM")
+        return "infeasible (measured)" if measured else "infeasible (before any job)"
+    return result.status
+
+
 def result_row(result: Result) -> dict[str, Any]:
     case, method = result.case, result.case.method
     row: dict[str, Any] = {
@@ -117,7 +131,9 @@ def result_row(result: Result) -> dict[str, Any]:
         "sharding": method.sharding,
         "offloading": method.offloading,
         "status": result.status,
+        "origin": origin(result),
         "feasible": result.feasible,
+        "timing_warning": result.timing_warning,
         "reason": result.reason,
         "micro_batch_limit": micro_batch_limit(result),
         "fingerprint": result.fingerprint,

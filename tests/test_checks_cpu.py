@@ -11,14 +11,16 @@ from harness import faults
 from harness.cases import Case
 from harness.checks import PARITY_TOLERANCE, loss_parity, validate
 from harness.engine import Engine, EngineOptions
-from harness.search import measure_case
 from harness.methods import FREE_LUNCH, NAIVE, Method
 from harness.result import Result, micro_batch_limit, sanity_problems
+from harness.search import measure_case
 from harness.store import ResultStore
 
 
 def make_engine(store: ResultStore, options: EngineOptions, launcher=None) -> Engine:
-    return Engine(store=store, environment={}, fingerprint=lambda case: "t", options=options, launcher=launcher)
+    return Engine(
+        store=store, environment={}, fingerprint=lambda case: "t", options=options, launcher=launcher
+    )
 
 
 def options(tmp_path) -> EngineOptions:
@@ -228,7 +230,9 @@ def test_a_validation_job_gets_its_predicted_training_time_beyond_the_job_timeou
     opts = replace(options(tmp_path), timeout_s=100.0)
     jobs = FakeJobs(monkeypatch, windows=[30.0], boots=["boot-a"])
     validate(
-        replace(predicted(), step_time_s=30.0), engine=make_engine(ResultStore(tmp_path / "s"), opts), steps=10
+        replace(predicted(), step_time_s=30.0),
+        engine=make_engine(ResultStore(tmp_path / "s"), opts),
+        steps=10,
     )
     assert jobs.timeouts == [pytest.approx(100.0 + 1.5 * 13 * 30.0)]
 

@@ -12,9 +12,9 @@ import pytest
 
 from harness.cases import Case
 from harness.engine import EngineOptions
-from harness.search import measure_case
 from harness.methods import Method
 from harness.result import micro_batch_limit
+from harness.search import measure_case
 from harness.store import ResultStore
 
 pytestmark = pytest.mark.slow
@@ -44,7 +44,7 @@ def test_ddp_two_processes_timed_through_the_trainer(tmp_path):
     assert all(x > 0 for x in timing["micro_samples_s"])
     # The recipe's hyper-parameters reached the optimizer the Trainer built.
     recipe = get_model("pythia-14m").recipe
-    assert result.optimizer["class"] == "Adam" and result.optimizer["decoupled_weight_decay"] is False
+    assert result.optimizer["class"] == "AdamW" and result.optimizer["decoupled_weight_decay"] is True
     group = result.optimizer["param_groups"][0]
     assert group["initial_lr"] == pytest.approx(recipe.lr)
     assert tuple(group["betas"]) == pytest.approx(recipe.betas) and group["eps"] == pytest.approx(recipe.eps)
