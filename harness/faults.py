@@ -63,13 +63,22 @@ def parse(text: str | None) -> Fault | None:
     )
 
 
-def training_overrides(fault: Fault | None) -> dict[str, object]:
+def training_overrides(fault: Fault | None, *, cpu: bool) -> dict[str, object]:
     """TrainingArguments a fault changes before the Trainer is built."""
     if fault is None:
         return {}
     overrides: dict[str, object] = {}
     if fault.pg_timeout_s is not None:
         overrides["ddp_timeout"] = fault.pg_timeout_s
+        if cpu:
+            # transformers passes ddp_timeout to the process group on accelerators only (5.x): on the
+            # CPU the group is made here, with the timeout, and accelerate takes it as it finds it.
+            import datetime
+
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=fault.pg_timeout_s))
     if fault.kind == "compile":
         import torch._inductor.config as inductor
 

@@ -185,7 +185,7 @@ def build_trainer(job: Job, *, recorder: StepRecorder | None, ramp: list[int] | 
         compat.plain_cuda_arch_list()
     if job.compiled:
         compat.never_fall_back_to_eager()
-    injected = faults.training_overrides(faults.parse(os.environ.get(faults.ENV)))
+    injected = faults.training_overrides(faults.parse(os.environ.get(faults.ENV)), cpu=job.device == "cpu")
     # TrainingArguments first: it sets up the process group and DeepSpeed's ZeRO-3 partitioned init.
     args = TrainingArguments(**(plan["training_args"] | injected))
     torch.manual_seed(args.seed)

@@ -133,14 +133,18 @@ def test_a_killed_rank_is_named_with_its_signal(tmp_path):
     assert_nothing_left(tmp_path)
 
 
-def test_a_hang_ends_at_the_job_timeout(tmp_path):
+def test_a_hang_ends_at_the_job_timeout_with_every_workers_stack(tmp_path):
     result = measure(tmp_path, TWO, fault="hang:rank=1:step=1", timeout_s=40)
     assert result.status == "error"
     assert "timed out after" in result.reason
+    # Before the kill each worker printed its stacks: the hung rank is seen sleeping in the fault.
+    log = next((tmp_path / "jobs").rglob("time-mb2/output.log")).read_text()
+    assert "Current thread" in log or "Thread 0x" in log
+    assert "faults.py" in log
     assert_nothing_left(tmp_path)
 
 
-def test_a_collective_timeout_ends_in_glooss_own_error(tmp_path):
+def test_a_collective_timeout_ends_in_gloos_own_error(tmp_path):
     # Rank 1 sleeps; rank 0 waits in the gradient all-reduce until the process group's 15-s timeout.
     result = measure(tmp_path, TWO, fault="hang:rank=1:step=1:pg_timeout=15", timeout_s=200)
     assert result.status == "error"
@@ -255,7 +259,13 @@ def test_pytest_stopped_mid_run_keeps_what_finished_and_leaves_nothing(tmp_path,
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, out[-3000:]
     assert_nothing_left(tmp_path)
     # The one-process case finished before the signal: stored, and reported.
-    assert [p.parent.name for p in (tmp_path / "results").glob("*/*.json")] == ["pythia-14m-cpux1-naive"]
+    stored = [
+        p.parent.name for p in (tmp_path / "results").glob("*/*.json") if not p.parent.name.startswith("_")
+    ]
+    assert stored == ["pythia-14m-cpux1-naive"]
+    # The cut-off job recorded no outcome: it did not end by itself, and a rerun runs it again.
+    assert not list((tmp_path / "jobs" / "pythia-14m-cpux2-naive").rglob("outcome.json"))
+    assert f"stopped by signal {int(sig)}" in out or sig == signal.SIGINT
     (report,) = (tmp_path / "report").iterdir()
     assert "pythia-14m-cpux1-naive" in (report / "results.csv").read_text()
 
