@@ -25,6 +25,7 @@ from harness.trainer import (
     MeasuredTrainer,
     ProbeCallback,
     build_trainer,
+    compile_figures,
     compiled_graphs,
     current_device,
     max_over_ranks,
@@ -50,7 +51,7 @@ def run_probe(job: Job, out: Path, rank: int) -> dict[str, Any]:
     trainer = build_trainer(job, recorder=None, ramp=ramp, extra_callbacks=[probe_cb])
     trainer.args.max_steps = len(ramp)
     train_or_record_oom(trainer, out, rank, probe=probe_cb)
-    return {"mode": "probe", "fits": ramp, "compiled_graphs": compiled_graphs()}
+    return {"mode": "probe", "fits": ramp, "compiled_graphs": compiled_graphs(), "compile": compile_figures()}
 
 
 def run_timing(job: Job, out: Path, rank: int) -> dict[str, Any]:

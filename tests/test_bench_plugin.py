@@ -260,8 +260,11 @@ def test_cpu_profile_end_to_end_resumes_and_forces(tmp_path):
     assert plan["training_args"]["max_steps"] == 1000  # the recipe's, not the timing run's
     assert plan["micro_batch_size"] * plan["grad_acc_steps"] == 8
     assert CPU_ID in (run / "results.csv").read_text()
-    records = files_under(tmp_path / "results")
+    records = files_under(tmp_path / "results" / CPU_ID)
     assert len(records) == 1 and json.loads(records[0].read_text())["status"] == "ok"
+    # The search is recorded once, with its wall time and what it measured.
+    (search,) = files_under(tmp_path / "results" / "_search")
+    assert json.loads(search.read_text())["measured"] == 1
     jobs = sorted((tmp_path / "jobs" / CPU_ID).iterdir())
     assert len(jobs) == 1
 
@@ -269,12 +272,13 @@ def test_cpu_profile_end_to_end_resumes_and_forces(tmp_path):
     again = bench(tmp_path, *ONE_CPU_CASE)
     assert again.returncode == 0, output(again)[-4000:]
     assert "1 passed" in again.stdout
-    now = files_under(tmp_path / "results")
+    now = files_under(tmp_path / "results" / CPU_ID)
     # The store key holds a hash of harness/ and models/: an edit there between the two runs
     # (a concurrent checkout change) legitimately re-measures. Say so rather than blame resume.
     fingerprints = {p.name.split("-")[0] for p in now}
     assert len(fingerprints) == 1, f"code fingerprint changed between the runs: {sorted(fingerprints)}"
     assert now == records
+    assert files_under(tmp_path / "results" / "_search") == [search]  # nothing ran: no new search record
     assert sorted((tmp_path / "jobs" / CPU_ID).iterdir()) == jobs
     assert len(list((tmp_path / "report").iterdir())) == 2  # a report per session all the same
 
