@@ -20,6 +20,7 @@ import pytest
 
 from harness.compile_cache import DEFAULT_ROOT as COMPILE_CACHE
 from harness.methods import METHOD_SETS
+from harness.result import MIN_TIMED_STEPS
 from models.names import suggest
 
 GPU_COUNTS = (1, 2, 4, 8)
@@ -155,8 +156,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--force", action="store_true", help="re-measure cases already in the results store")
     group.addoption(
         "--timed-steps",
-        type=_at_least("--timed-steps", 5, why=" (a median and a spread)"),
-        default=5,
+        type=_at_least("--timed-steps", MIN_TIMED_STEPS, why=" (a median and a spread)"),
+        default=MIN_TIMED_STEPS,
         help="timed optimizer steps per case (at least 5; default: %(default)s)",
     )
     group.addoption(

@@ -2,9 +2,9 @@
 
 A case test asks `measure(case)`. A search works on a whole group (one model on one node: the
 selected cases that share it) the first time one of its cases asks, and answers the others from what
-it settled; so the search of a model on a node is one search, with one wall time, whichever strategy. Under pytest-xdist two
-workers may ask for cases of one group: a lock per group in the results folder lets one search while
-the other waits, then finds every result of the group in the store.
+it settled: the search of a model on a node is one search, with one wall time, whichever strategy.
+Under pytest-xdist two workers may ask for cases of one group: a lock per group in the results
+folder lets one search while the other waits, then finds every result of the group in the store.
 """
 
 from __future__ import annotations

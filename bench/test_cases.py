@@ -7,7 +7,7 @@ import math
 import pytest
 
 from harness.cases import Case
-from harness.result import Result
+from harness.result import MIN_TIMED_STEPS, Result
 
 
 def test_case(case: Case, engine, record_property, benchmark, request) -> None:
@@ -26,7 +26,7 @@ def test_case(case: Case, engine, record_property, benchmark, request) -> None:
     if result.status == "error":
         pytest.fail(f"{case.id}: {result.reason}", pytrace=False)
     samples = result.timing["step_samples_s"]
-    assert len(samples) >= 5
+    assert len(samples) >= MIN_TIMED_STEPS
     assert all(math.isfinite(s) and s > 0 for s in samples)
     assert result.mfu is None or 0 < result.mfu <= 1.0, f"MFU {result.mfu} is outside (0, 1]"
     record_samples(

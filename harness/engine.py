@@ -23,7 +23,7 @@ from harness.cases import Case
 from harness.job import Job
 from harness.launch import JobOutcome, Launcher, LocalLauncher
 from harness.plan import Plan, make_plan
-from harness.result import Result, sanity_problems, timing_warning
+from harness.result import MIN_TIMED_STEPS, Result, sanity_problems, timing_warning
 from harness.store import ResultStore
 
 Progress = Callable[[str, str], None]  # (case id, message)
@@ -31,7 +31,7 @@ Progress = Callable[[str, str], None]  # (case id, message)
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class EngineOptions:
-    timed_steps: int = 5
+    timed_steps: int = MIN_TIMED_STEPS
     warmup_steps: int | None = None  # default: 3 when compiling (recompiles settle), else 2
     # Micro-batches run per timed step; a larger accumulation is extrapolated from them (the
     # accumulation check and the validation mode prove the extrapolation).
@@ -54,6 +54,8 @@ class EngineOptions:
     def __post_init__(self) -> None:
         if self.timeout_s <= 0:
             raise ValueError(f"the job timeout must be positive, got {self.timeout_s}")
+        if self.timed_steps < MIN_TIMED_STEPS:
+            raise ValueError(f"at least {MIN_TIMED_STEPS} timed steps are needed, got {self.timed_steps}")
         if self.max_micro_batch is not None and self.max_micro_batch < 1:
             raise ValueError(f"the micro-batch cap must be at least 1, got {self.max_micro_batch}")
 

@@ -105,6 +105,14 @@ def per_device_target(case: Case) -> int:
     return global_batch // case.num_gpus
 
 
+def accumulation_steps(case: Case, micro_batch: int) -> int:
+    """The accumulation that makes `micro_batch` reach the per-GPU share of the recipe's batch."""
+    target = per_device_target(case)
+    if target % micro_batch:
+        raise BatchNotDivisibleError(f"micro-batch {micro_batch} does not divide the per-GPU batch {target}")
+    return target // micro_batch
+
+
 def candidate_micro_batches(case: Case, *, all_divisors: bool = False) -> list[int]:
     """Micro-batch sizes to probe, ascending: the powers of two (or all divisors) of the per-GPU batch."""
     target = per_device_target(case)
@@ -166,11 +174,7 @@ def make_plan(
     on_gpu = case.gpu_type != "cpu"
     target = per_device_target(case)
     if grad_acc_steps is None:
-        if target % micro_batch_size:
-            raise BatchNotDivisibleError(
-                f"micro-batch {micro_batch_size} does not divide the per-GPU batch {target}"
-            )
-        grad_acc_steps = target // micro_batch_size
+        grad_acc_steps = accumulation_steps(case, micro_batch_size)
 
     attn = _attention(spec, method.free_lunch, recipe.precision, on_gpu)
     use_kernels = (

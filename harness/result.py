@@ -68,12 +68,17 @@ class Result:
         return cls(**{k: v for k, v in data.items() if k in known and k != "case"}, case=case)
 
 
+# Timed steps a result needs: a median and a spread (the engine's default, the option's lower bound
+# and the sanity gate all read this).
+MIN_TIMED_STEPS = 5
+
+
 def sanity_problems(result: Result) -> list[str]:
     """Reasons a measured result must not be reported (the caller turns them into an error)."""
     problems = []
     samples = result.timing.get("step_samples_s", [])
-    if len(samples) < 5:
-        problems.append(f"only {len(samples)} timed steps (at least 5 needed)")
+    if len(samples) < MIN_TIMED_STEPS:
+        problems.append(f"only {len(samples)} timed steps (at least {MIN_TIMED_STEPS} needed)")
     if any(not (math.isfinite(s) and s > 0) for s in samples):
         problems.append("a timed step is not a finite positive time")
     losses = [x for x in result.timing.get("losses", [])]

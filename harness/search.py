@@ -17,6 +17,7 @@ from harness.engine import Engine, oom_reason
 from harness.launch import JobOutcome
 from harness.plan import (
     BatchNotDivisibleError,
+    accumulation_steps,
     candidate_micro_batches,
     per_device_target,
     unsupported_reason,
@@ -132,10 +133,9 @@ def time_largest(
 ) -> Result:
     """Time the largest of `fits`; a timed run that runs out of memory (compiled graphs differ in size
     from the probe's) steps down to the next smaller size."""
-    target = per_device_target(case)
     timing_ooms: list[str] = []
     for micro_batch in reversed(fits):
-        grad_acc = target // micro_batch
+        grad_acc = accumulation_steps(case, micro_batch)
         job = engine.timing_job(
             case, micro_batch, grad_acc, timed_steps=timed_steps, max_grad_acc=max_grad_acc
         )
