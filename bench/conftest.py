@@ -88,7 +88,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     ]
     if state.selected and not config.option.collectonly and not hasattr(config, "workerinput"):
         state.guard = RunGuard(results_dir=config.getoption("results_dir"))
-        state.guard.start(config, state.selected)
+        state.guard.start(config, cpu_cases=any(case.gpu_type == "cpu" for case in state.selected))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -7,7 +7,9 @@
   GPU memory and shares the GPUs with this run's jobs, so each is named, with the memory it holds.
 - pytest-xdist runs benchmark jobs side by side: GPU jobs each lease their own GPUs from the node's
   pool; CPU jobs share the host's cores, which slows each other's timings, so that is warned about.
-Only the controller does this (under xdist its workers run the cases, inside its lock).
+Only the controller does this (under xdist its workers run the cases, inside its lock): without
+xdist once the cases are collected, under xdist at the session's start (its controller collects
+nothing).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ class RunGuard:
     lock: object | None = None
     warnings: list[str] = field(default_factory=list)
 
-    def start(self, config: pytest.Config, cases: list) -> None:
+    def start(self, config: pytest.Config, *, cpu_cases: bool) -> None:
         from harness.lock import LockHeldError, RunLock
         from harness.processes import leftover_workers
         from harness.store import ResultStore, StoreNotWritableError
@@ -47,7 +49,7 @@ class RunGuard:
         for leftover in leftover_workers():
             self.warnings.append(f"a worker of an earlier run is still running: {leftover.describe()}")
         workers = getattr(config.option, "numprocesses", None)
-        if workers and any(case.gpu_type == "cpu" for case in cases):
+        if workers and cpu_cases:
             self.warnings.append(
                 "pytest-xdist runs CPU benchmark jobs side by side: they share this host's cores and slow "
                 "each other, so their timings are not comparable with a serial run's (GPU jobs get "
@@ -58,3 +60,12 @@ class RunGuard:
         if self.lock is not None:
             self.lock.release()  # type: ignore[attr-defined]
             self.lock = None
+
+
+def runs_benchmark(config: pytest.Config) -> bool:
+    """Whether the run's paths include the benchmark cases (none given: the configured testpaths)."""
+    bench = Path(__file__).resolve().parent
+    here = Path(config.invocation_params.dir)
+    given = [here / a.split("::")[0] for a in config.args]
+    paths = [p.resolve() for p in given or [config.rootpath / t for t in config.getini("testpaths")]]
+    return any(p == bench or bench in p.parents or p in bench.parents for p in paths)

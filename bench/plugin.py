@@ -21,6 +21,7 @@ import pytest
 from harness.compile_cache import DEFAULT_ROOT as COMPILE_CACHE
 from harness.methods import METHOD_SETS
 from harness.result import MIN_TIMED_STEPS
+from harness.strategies import STRATEGIES
 from models.names import suggest
 
 GPU_COUNTS = (1, 2, 4, 8)
@@ -128,7 +129,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--search",
-        choices=("fast", "exhaustive"),
+        choices=tuple(STRATEGIES),
         default="fast",
         help="fast: predict each case's micro-batch with the memory model, prune cases that cannot be "
         "fastest (reported as pruned, with the rule), time the rest briefly and the best fully; "
@@ -280,6 +281,9 @@ class BenchState:
     selected: list[Any] = field(default_factory=list)
     guard: Any = None
     runner: Any = None
+    # When this process's session began: a result stored since then was made by this run (under
+    # xdist, by another worker of it), whatever its status.
+    started: float = field(default_factory=time.time)
 
 
 bench_key = pytest.StashKey[BenchState]()
@@ -305,6 +309,27 @@ def engine(request: pytest.FixtureRequest):
     if state.runner is None:
         state.runner = Runner.from_config(request.config)
     return state.runner
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under pytest-xdist the controller collects nothing (its workers do), so it takes the run's
+    guard here, before any worker runs a case, when the run includes the benchmark."""
+    from bench.guard import RunGuard, runs_benchmark
+
+    config = session.config
+    controller = getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput")
+    if controller and runs_benchmark(config):
+        state = config.stash[bench_key]
+        state.guard = RunGuard(results_dir=config.getoption("results_dir"))
+        state.guard.start(config, cpu_cases=guard_cpu_cases(config))
+
+
+def guard_cpu_cases(config: pytest.Config) -> bool:
+    """Whether the run's cases are CPU ones: a node without GPUs, or `-m cpu`."""
+    from hardware import detect_node
+
+    marks = config.option.markexpr or ""
+    return detect_node().gpu_type == "cpu" or "cpu" in marks.split()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -24,17 +24,13 @@ from harness.result import Result
 from harness.search import SearchStrategy, get_strategy
 
 
-def group_key(case: Case) -> str:
-    nodes = f"-{case.num_nodes}nodes" if case.num_nodes > 1 else ""
-    return f"{case.model}-{case.gpu_type}x{case.gpus_per_node}{nodes}"
-
-
 @dataclass(kw_only=True, slots=True)
 class Runner:
     engine: Engine
     strategy: SearchStrategy
     groups: dict[str, list[Case]]
     locks: Path
+    started: float  # when the session began: what is stored since then, this run made
     parity_references: dict[tuple, list[float]] = field(default_factory=dict)
     results: dict[str, Result] = field(default_factory=dict)
 
@@ -79,19 +75,20 @@ class Runner:
         )
         groups: dict[str, list[Case]] = {}
         for case in config.stash[bench_key].selected:
-            groups.setdefault(group_key(case), []).append(case)
+            groups.setdefault(case.group_id, []).append(case)
         return cls(
             engine=engine,
             strategy=get_strategy(config.getoption("search")),
             groups=groups,
             locks=results_dir / ".locks",
+            started=config.stash[bench_key].started,
         )
 
     def measure(self, case: Case) -> Result:
         if case.id not in self.results:
-            cases = self.groups.get(group_key(case), [case])
-            with self._group_lock(group_key(case)):
-                self.results |= self.engine.search(cases, self.strategy)
+            cases = self.groups.get(case.group_id, [case])
+            with self._group_lock(case.group_id):
+                self.results |= self.engine.search(cases, self.strategy, since=self.started)
         return self.results[case.id]
 
     @contextlib.contextmanager

@@ -34,6 +34,12 @@ class Case:
     def id(self) -> str:
         return case_id(self)
 
+    @property
+    def group_id(self) -> str:
+        """One model on one hardware shape: the unit a search works on (`pythia-1b-h100x4`)."""
+        nodes = f"-{self.num_nodes}nodes" if self.num_nodes > 1 else ""
+        return f"{self.model}-{self.gpu_type}x{self.gpus_per_node}{nodes}".lower()
+
 
 def case_id(case: Case) -> str:
     """`pythia-1b-h100x4-zero1-ckpt`; `-2nodes` follows the GPU count on more than one node."""

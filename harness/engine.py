@@ -11,6 +11,7 @@ result of a timing.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -60,7 +61,7 @@ class EngineOptions:
             raise ValueError(f"the micro-batch cap must be at least 1, got {self.max_micro_batch}")
 
 
-@dataclass(kw_only=True, slots=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class JobRecord:
     """One job of a search, for the search's record and its time-left estimate."""
 
@@ -93,15 +94,19 @@ class Engine:
         self._fresh: set[str] = set()  # cases whose stored error forbids reusing their jobs
 
     # --- the search ---------------------------------------------------------------------------
-    def search(self, cases: list[Case], strategy: Any) -> dict[str, Result]:
-        """Every case's result: stored ones as they are, the rest from `strategy`."""
+    def search(self, cases: list[Case], strategy: Any, *, since: float | None = None) -> dict[str, Result]:
+        """Every case's result: stored ones as they are, the rest from `strategy`. A result stored
+        `since` then stands whatever its status (this run made it: under xdist another worker)."""
         started = time.monotonic()
         jobs_before = len(self.jobs)
         results: dict[str, Result] = {}
         todo = []
         for case in cases:
-            done = None if self.options.force else self.store.latest(case.id, self.fingerprint(case))
-            if done is not None and strategy.reusable(done) and self._same_loader(done):
+            done = self.store.latest(case.id, self.fingerprint(case))
+            ours = done is not None and since is not None and done.created >= since
+            if done is not None and self.options.force and not ours:
+                done = None
+            if done is not None and (ours or strategy.reusable(done) and self._same_loader(done)):
                 results[case.id] = done
             else:
                 if done is not None and done.status == "error":
@@ -124,7 +129,7 @@ class Engine:
             return  # nothing ran: a resumed search that found everything stored
         statuses = [r.status for r in results.values()]
         record = {
-            "case_id": _group_id(cases),
+            "case_id": "+".join(sorted({c.group_id for c in cases})),
             "strategy": strategy.name,
             "cases": len(cases),
             "measured": statuses.count("ok"),
@@ -228,7 +233,8 @@ class Engine:
                     case_id=case.id,
                     name=name,
                     mode=job.mode,
-                    elapsed_s=outcome.elapsed_s if outcome.elapsed_s == outcome.elapsed_s else 0.0,
+                    # A reused job whose launcher was stopped recorded no time (NaN).
+                    elapsed_s=0.0 if math.isnan(outcome.elapsed_s) else outcome.elapsed_s,
                     reused=outcome.reused,
                     compile_s=0.0 if outcome.reused else compile_s,
                     ok=outcome.ok,
@@ -290,13 +296,6 @@ class Engine:
         if not result.plan:
             return True
         return result.plan["training_args"].get("dataloader_num_workers", 0) == self.options.loader_workers
-
-
-def _group_id(cases: list[Case]) -> str:
-    first = cases[0]
-    nodes = f"-{first.num_nodes}nodes" if first.num_nodes > 1 else ""
-    models = sorted({c.model for c in cases})
-    return f"{'+'.join(models)}-{first.gpu_type}x{first.gpus_per_node}{nodes}"
 
 
 def finish(base: Result, plan: Plan, timing: dict[str, Any], timing_ooms: list[str]) -> Result:

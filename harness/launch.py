@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -61,6 +62,10 @@ class JobOutcome:
 
     def oom_events(self) -> list[dict[str, Any]]:
         return [e for e in self.events if e.get("event") == "oom"]
+
+    def probe_events(self) -> list[dict[str, Any]]:
+        """What a probe found: each rank's fit and out-of-memory events."""
+        return [e for e in self.events if e.get("event") in ("fit", "oom")]
 
     def failure(self) -> str:
         """Why the job did not produce a result, in one line: how it ended, what it was doing, and the
@@ -143,6 +148,8 @@ class LocalLauncher(Launcher):
         self.env = dict(env or {})
         self.parallel = parallel
         self.waiting = waiting
+        self._live: set[subprocess.Popen] = set()  # jobs running now, for an interrupt to end
+        self._guard = threading.Lock()
 
     def run(self, job: Job, job_dir: Path, *, reuse: Sequence[Path] = ()) -> JobOutcome:
         for earlier in reuse:
@@ -170,10 +177,22 @@ class LocalLauncher(Launcher):
         if not self.parallel or len(jobs) < 2:
             return super().run_all(jobs)
         width = max(1, len(self.pool.devices) // max(job.nproc for job, _, _ in jobs)) if self.pool else 1
-        with ThreadPoolExecutor(max_workers=width) as threads:
-            # Each thread leases its own GPUs; the pool keeps their sets disjoint.
-            futures = [threads.submit(self.run, job, job_dir, reuse=reuse) for job, job_dir, reuse in jobs]
-            return [f.result() for f in futures]
+        threads = ThreadPoolExecutor(max_workers=width)
+        # Each thread leases its own GPUs; the pool keeps their sets disjoint.
+        futures = [threads.submit(self.run, job, job_dir, reuse=reuse) for job, job_dir, reuse in jobs]
+        try:
+            outcomes = [f.result() for f in futures]
+        except BaseException:
+            # Interrupted (Ctrl-C, SIGTERM) or a job's launch failed: start nothing more, and end the
+            # jobs the other threads are running (the signal reached this thread only).
+            threads.shutdown(wait=False, cancel_futures=True)
+            with self._guard:
+                running = list(self._live)
+            for proc in running:
+                processes.end_job(proc)
+            raise
+        threads.shutdown()
+        return outcomes
 
     def _start(self, job: Job, job_file: Path, devices: tuple[str, ...]) -> JobOutcome:
         job_dir = job_file.parent
@@ -189,8 +208,10 @@ class LocalLauncher(Launcher):
         if devices:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
         if job.device == "cpu":
-            # CPU jobs share the host's cores: one share of them per rank keeps ranks from fighting.
-            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // job.nproc)))
+            # CPU jobs share the cores this process may use: one share of them per rank keeps ranks
+            # from fighting.
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            env.setdefault("OMP_NUM_THREADS", str(max(1, cores // job.nproc)))
         log_path = job_dir / "output.log"
         started = time.monotonic()
         with log_path.open("wb") as log:
@@ -207,6 +228,8 @@ class LocalLauncher(Launcher):
                 # asks for the same of torchrun): a controller killed outright leaves nothing running.
                 preexec_fn=processes.die_with_parent,
             )
+            with self._guard:
+                self._live.add(proc)
             timed_out = False
             try:
                 proc.wait(timeout=job.timeout_s)
@@ -219,9 +242,13 @@ class LocalLauncher(Launcher):
                 # is recorded, the job did not end by itself.
                 processes.end_job(proc)
                 raise
-        # torchrun has ended; a worker that outlived it (it ignored torchrun's SIGTERM and torchrun
-        # was killed before its own SIGKILL) is ended here.
-        leftovers = processes.kill_all(_workers(job_dir))
+            finally:
+                with self._guard:
+                    self._live.discard(proc)
+                # torchrun has ended; a worker that outlived it (it ignored torchrun's SIGTERM and
+                # torchrun was killed before its own SIGKILL, or was adopted before the tree was
+                # seen) is ended here, however the job ended.
+                leftovers = processes.kill_all(_workers(job_dir))
         elapsed = time.monotonic() - started
         ended = {
             "returncode": proc.returncode,

@@ -16,7 +16,8 @@ at micro-batch 128, where the probe's out-of-memory error asked for 163.2.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from harness.cases import Case
 
@@ -38,6 +39,7 @@ class MemoryFit:
     states_gib: float
     points: tuple[tuple[int, float], ...]  # (micro-batch, peak GiB) the fit was made from
     source: str  # the case id that was probed
+    total_gib: float  # the memory the probe's device reported (a CPU job: its budget)
 
     def peak(self, micro_batch: int, states_gib: float | None = None) -> float:
         """Predicted peak of a case with these activations and `states_gib` of states (default: the
@@ -45,8 +47,15 @@ class MemoryFit:
         states = self.states_gib if states_gib is None else states_gib
         return self.fixed_gib + states + self.per_sample_gib * micro_batch
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
-def fit(points: list[tuple[int, float]], *, states_gib: float, source: str) -> MemoryFit:
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MemoryFit:
+        return cls(**data | {"points": tuple((int(b), float(m)) for b, m in data["points"])})
+
+
+def fit(points: list[tuple[int, float]], *, states_gib: float, source: str, total_gib: float) -> MemoryFit:
     """Affine fit through the two largest micro-batches of `points` (steady steps only, see above)."""
     if len(points) < 2:
         raise ValueError(f"a memory fit needs two probe points, got {len(points)}")
@@ -61,6 +70,7 @@ def fit(points: list[tuple[int, float]], *, states_gib: float, source: str) -> M
         states_gib=states_gib,
         points=tuple(sorted(points)),
         source=source,
+        total_gib=total_gib,
     )
 
 

@@ -28,7 +28,11 @@ from pathlib import Path
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 WORKER_MODULE = "harness.worker"
+AGENT_MODULE = "torch.distributed.run"
 SMI_TIMEOUT_S = 20
+# Looked up once, here: a child forked from a threaded process (the launcher's) must not load
+# libraries between fork and exec, only call what is already resolved.
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 
 
 def die_with_parent(sig: int = signal.SIGKILL) -> bool:
@@ -38,10 +42,7 @@ def die_with_parent(sig: int = signal.SIGKILL) -> bool:
     survives exec. The parent is the *thread* that forked, so the caller must wait on the child from
     the thread that started it (the launcher does).
     """
-    if not sys.platform.startswith("linux"):
-        return False
-    libc = ctypes.CDLL(None, use_errno=True)
-    return libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+    return _PRCTL is not None and _PRCTL(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,11 +138,13 @@ def end_job(proc: subprocess.Popen, *, grace_s: float = 10.0) -> list[Proc]:
     kill_all(list(seen.values()), signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=grace_s)
-    seen |= {p.pid: p for p in process_tree(proc.pid)}
+    if proc.returncode is None:  # once reaped, torchrun's pid may belong to another process
+        seen |= {p.pid: p for p in process_tree(proc.pid)}
     survivors = wait_gone(list(seen.values()), 0.0 if proc.poll() is None else 1.0)
     killed = kill_all(survivors, signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=grace_s)
     wait_gone(killed, grace_s)
@@ -162,8 +165,9 @@ class Leftover:
 
 
 def leftover_workers() -> list[Leftover]:
-    """Benchmark workers running now that this process did not start (left by a controller that was
-    killed before its clean-up could run), with the GPU memory NVML says each holds."""
+    """Benchmark workers running now that no torchrun owns (left by a controller killed before its
+    clean-up could run), with the GPU memory NVML says each holds. A worker whose torchrun still runs
+    belongs to a live run (on another results folder, with GPUs of its own) and is left alone."""
     mine = {p.pid for p in process_tree(os.getpid())}
     held = gpu_memory_by_pid()
     found = []
@@ -171,7 +175,8 @@ def leftover_workers() -> list[Leftover]:
         if proc.pid in mine:
             continue
         command = _command(proc.pid)
-        if f"-m {WORKER_MODULE} " in f"{command} " or f"{WORKER_MODULE}.py" in command:
+        is_worker = f"-m {WORKER_MODULE} " in f"{command} " or f"{WORKER_MODULE}.py" in command
+        if is_worker and AGENT_MODULE not in _command(proc.ppid):
             found.append(Leftover(pid=proc.pid, command=command, gpu_memory_mib=held.get(proc.pid, 0)))
     return found
 

@@ -4,15 +4,17 @@ Every rule compares a case with another of the same model, node and checkpointin
 largest micro-batch (predicted by the memory model, or measured) is at least as large, and that does
 less of the same work per step at that micro-batch:
 - `offload`: offloading moves optimizer states (and, fully sharded, weights) to the host and steps
-  the optimizer there; it pays only by fitting a larger micro-batch than any unoffloaded method, so
-  it is pruned where an unoffloaded method reaches its micro-batch.
+  the optimizer there; it pays only by fitting a larger micro-batch than any unoffloaded method of
+  any engine, so it is pruned where an unoffloaded method (with the same free-lunch and
+  checkpointing setting) reaches its micro-batch.
 - `sharding`: within one engine (DeepSpeed: ZeRO-1 < 2 < 3; FSDP: shard-grad-op < full-shard; plain
   DDP), a heavier sharding communicates more per step at the same micro-batch; it is pruned where a
   lighter one of the same engine reaches its micro-batch.
 - `checkpointing`: recomputing the forward pass pays only by raising the largest micro-batch past
   the one the same method reaches without it; it is pruned where it does not.
-Engines are not compared with each other: their implementations differ in more than the volume they
-communicate (ZeRO-1 was measured faster than DDP at the same micro-batch on 2 x H200).
+The sharding rule does not compare engines with each other: their implementations differ in more
+than the volume they communicate (ZeRO-1 was measured faster than DDP at the same micro-batch on
+2 x H200). Every rule compares cases with the same free-lunch setting.
 A pruned case becomes a result of its own kind, never a measured or infeasible one.
 """
 
@@ -41,10 +43,10 @@ def _label(case: Case) -> str:
 
 
 def _offload(case: Case, other: Case, fits: dict[str, int]) -> Pruned | None:
-    m = case.method
-    if not m.offloading or other.method.offloading:
+    m, o = case.method, other.method
+    if not m.offloading or o.offloading:
         return None
-    if other.method.activation_checkpointing != m.activation_checkpointing:
+    if (o.activation_checkpointing, o.free_lunch) != (m.activation_checkpointing, m.free_lunch):
         return None
     return Pruned(
         rule="offload",
@@ -60,7 +62,11 @@ def _sharding(case: Case, other: Case, fits: dict[str, int]) -> Pruned | None:
     m, o = case.method, other.method
     if ENGINE[m.sharding] != ENGINE[o.sharding] or WEIGHT[o.sharding] >= WEIGHT[m.sharding]:
         return None
-    if (o.offloading, o.activation_checkpointing) != (m.offloading, m.activation_checkpointing):
+    if (o.offloading, o.activation_checkpointing, o.free_lunch) != (
+        m.offloading,
+        m.activation_checkpointing,
+        m.free_lunch,
+    ):
         return None
     return Pruned(
         rule="sharding",
@@ -102,7 +108,7 @@ def prune(cases: list[Case], fits: dict[str, int]) -> dict[str, Pruned]:
     first, each compared with every lighter one, pruned or not: the rules chain (ZeRO-2 with
     checkpointing is pruned by ZeRO-2, which ZeRO-1 prunes), and every chain ends at a survivor.
     """
-    known = sorted((c for c in cases if c.id in fits), key=_cost)
+    known = sorted((c for c in cases if c.id in fits), key=cost_order)
     pruned: dict[str, Pruned] = {}
     for i, case in enumerate(known):
         for other in known[:i]:
@@ -115,7 +121,7 @@ def prune(cases: list[Case], fits: dict[str, int]) -> dict[str, Pruned]:
     return pruned
 
 
-def _cost(case: Case) -> tuple[int, int, int, str]:
+def cost_order(case: Case) -> tuple[int, int, int, str]:
     """Lightest first: no checkpointing, no offloading, the least sharding."""
     m = case.method
     return (int(m.activation_checkpointing), int(m.offloading), WEIGHT[m.sharding], case.id)

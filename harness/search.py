@@ -33,8 +33,9 @@ class SearchStrategy:
         raise NotImplementedError
 
     def reusable(self, stored: Result) -> bool:
-        """Whether a stored result of this environment stands for this strategy (an error never does)."""
-        return stored.status in ("ok", "infeasible")
+        """Whether a stored result of this environment stands for this strategy: neither an error nor a
+        pruned case nor a brief timing (the fast search's) stands for a full measurement."""
+        return stored.status in ("ok", "infeasible") and stored.search.get("rung") != "brief"
 
 
 class Exhaustive(SearchStrategy):
@@ -74,7 +75,7 @@ def measure_one(engine: Engine, case: Case, *, jobs_left: int | None = None) -> 
         probe, fits, events = ramp_probe(engine, case, candidates)
         base = replace(base, probe=events)
         if not probe.ok and not probe.oom_events():
-            return replace(base, reason=f"probe failed: {probe.failure()}", log_tail=probe.output_tail)
+            return probe_failed(base, probe)
         if not fits:
             return replace(base, status="infeasible", reason=oom_reason(probe))
     else:
@@ -95,8 +96,7 @@ def ramp_probe(
 
     def run(sizes: list[int], job_name: str) -> tuple[JobOutcome, list[int], list[dict[str, Any]]]:
         outcome = engine.run(case, engine.probe_job(case, sizes), job_name)
-        events = [e for e in outcome.events if e.get("event") in ("fit", "oom")]
-        return outcome, fitting(outcome, case.num_gpus, sizes), events
+        return outcome, fitting(outcome, case.num_gpus, sizes), outcome.probe_events()
 
     probe, fits, events = run(ramp, name)
     if not implied or not (fits or probe.oom_events()):
@@ -105,6 +105,11 @@ def ramp_probe(
         return probe, [1, *fits], [{"event": "fit", "micro_batch": 1, "implied_by": fits[0]}, *events]
     single, fits, more = run([1], f"{name}-mb1")
     return single, fits, events + more
+
+
+def probe_failed(base: Result, outcome: JobOutcome) -> Result:
+    """The error result of a probe that ended without a verdict (a crash, a hang), with its reason."""
+    return replace(base, reason=f"probe failed: {outcome.failure()}", log_tail=outcome.output_tail)
 
 
 def fitting(probe: JobOutcome, world: int, candidates: list[int]) -> list[int]:
@@ -179,12 +184,10 @@ def measure_case(
     return engine.search([case], get_strategy(strategy))[case.id]
 
 
-STRATEGIES: dict[str, str] = {"exhaustive": "harness.search:Exhaustive", "fast": "harness.fast_search:Fast"}
-
-
 def get_strategy(name: str, **kwargs: Any) -> SearchStrategy:
     import importlib
 
+    from harness.strategies import STRATEGIES
     from models.names import lookup
 
     module, attr = lookup(STRATEGIES, name, "search strategy").split(":")

@@ -16,7 +16,7 @@ from harness import memory
 from harness.cases import Case
 from harness.cpu_memory import BUDGET_ENV
 from harness.engine import Engine, EngineOptions
-from harness.fast_search import _steady_points
+from harness.fast_search import steady_points
 from harness.launch import LocalLauncher
 from harness.methods import NAIVE, Method
 from harness.search import get_strategy
@@ -51,9 +51,9 @@ def test_the_memory_model_fitted_at_two_sizes_predicts_the_probe_at_the_largest(
     eng = engine(tmp_path)
     outcome = eng.run(case, eng.probe_job(case, [1, 2, 4, 8]), "probe")
     assert outcome.ok, outcome.failure()
-    points = _steady_points(outcome.events, 1)
+    points = steady_points(outcome.events, 1)
     assert [b for b, _ in points] == [2, 4, 8]  # the first step (no optimizer states yet) is left out
-    fit = memory.fit(points[:2], states_gib=memory.states_gib(case), source=case.id)
+    fit = memory.fit(points[:2], states_gib=memory.states_gib(case), source=case.id, total_gib=0.0)
     measured = dict(points)[8]
     assert fit.peak(8) == pytest.approx(measured, rel=0.05), (fit, points)
     assert fit.per_sample_gib > 0

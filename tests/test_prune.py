@@ -71,3 +71,17 @@ def test_a_case_is_pruned_only_by_a_survivor_and_cases_without_a_size_are_left_a
         assert by in {s.id for s in survivors}
     unknown = case("zero3")
     assert unknown.id not in prune(cases, {k: v for k, v in fits.items() if k != unknown.id})
+
+
+def test_rules_compare_only_cases_with_the_same_free_lunch_setting():
+    eager, off = case(), case("zero2", offloading=True)
+    eager = Case(model="pythia-160m", gpu_type="h200", gpus_per_node=2, method=NAIVE)
+    # Naive eager fits more here, yet cannot stand for a free-lunch method.
+    assert prune([eager, off], {eager.id: 128, off.id: 64}) == {}
+    eager_z1 = Case(
+        model="pythia-160m",
+        gpu_type="h200",
+        gpus_per_node=2,
+        method=Method(free_lunch=False, sharding="zero1"),
+    )
+    assert prune([eager_z1, case("zero3")], {eager_z1.id: 64, case("zero3").id: 64}) == {}

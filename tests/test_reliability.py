@@ -67,8 +67,7 @@ def test_the_run_guard_warns_of_cpu_jobs_side_by_side_under_xdist(tmp_path):
 
     guard = RunGuard(results_dir=tmp_path / "results")
     config = SimpleNamespace(option=SimpleNamespace(numprocesses=2))
-    cpu = Case(model="pythia-14m", gpu_type="cpu", method=FREE_LUNCH)
-    guard.start(config, [cpu])
+    guard.start(config, cpu_cases=True)
     try:
         assert any("share this host's cores" in w for w in guard.warnings)
         assert (tmp_path / "results" / ".lock").is_file()
