@@ -44,7 +44,7 @@ def collect_cases(config: pytest.Config) -> list[Case]:
 def case_marks(case: Case) -> list[pytest.MarkDecorator]:
     from hardware import marker_name
     from harness.estimate import predicted_infeasible
-    from harness.plan import BatchNotDivisibleError, per_device_target, unsupported_reason
+    from harness.plan import refusal
     from models import get_model
 
     marks = [
@@ -55,11 +55,7 @@ def case_marks(case: Case) -> list[pytest.MarkDecorator]:
         marks += [pytest.mark.gpu, pytest.mark.slow]
     if case.num_gpus > 1:
         marks.append(pytest.mark.multigpu)
-    try:
-        per_device_target(case)
-        reason = unsupported_reason(case) or predicted_infeasible(case)
-    except BatchNotDivisibleError as error:
-        reason = str(error)
+    reason = refusal(case) or predicted_infeasible(case)
     if reason is not None:
         marks.append(pytest.mark.skip(reason=reason))
     return marks

@@ -80,6 +80,16 @@ def unsupported_reason(case: Case) -> str | None:
     return None
 
 
+def refusal(case: Case) -> str | None:
+    """Why a case cannot run at all (unsupported here, or a GPU count that does not divide the
+    batch), or None: what collection skips and what the engine records as infeasible before a job."""
+    try:
+        per_device_target(case)
+    except BatchNotDivisibleError as error:
+        return str(error)
+    return unsupported_reason(case)
+
+
 def missing_packages(case: Case) -> list[str]:
     """Packages a GPU case's method runs on that are not importable: DeepSpeed for ZeRO, and a model's
     CUDA kernels for free lunch (without them Mamba's free lunch would time the reference scan)."""

@@ -15,13 +15,7 @@ from typing import Any
 from harness.cases import Case
 from harness.engine import Engine, oom_reason
 from harness.launch import JobOutcome
-from harness.plan import (
-    BatchNotDivisibleError,
-    accumulation_steps,
-    candidate_micro_batches,
-    per_device_target,
-    unsupported_reason,
-)
+from harness.plan import accumulation_steps, candidate_micro_batches, refusal
 from harness.result import Result
 
 
@@ -50,13 +44,8 @@ class Exhaustive(SearchStrategy):
 
 def precheck(engine: Engine, case: Case) -> tuple[Result | None, list[int]]:
     """An infeasible result for a case that cannot run at all, else its candidate micro-batches."""
-    base = engine.base_result(case)
-    if (unsupported := unsupported_reason(case)) is not None:
-        return replace(base, status="infeasible", reason=unsupported), []
-    try:
-        per_device_target(case)
-    except BatchNotDivisibleError as error:
-        return replace(base, status="infeasible", reason=str(error)), []
+    if (refused := refusal(case)) is not None:
+        return replace(engine.base_result(case), status="infeasible", reason=refused), []
     candidates = candidate_micro_batches(case, all_divisors=engine.options.probe_divisors)
     cap = engine.options.max_micro_batch
     if cap is not None:

@@ -28,6 +28,12 @@ def newest_per_group(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, 
     return sorted(newest.values(), key=lambda r: (r["case_id"], r.get("strategy", "")))
 
 
+def compile_share(record: Mapping[str, Any]) -> str:
+    """The share of a search's wall time its jobs spent compiling, as '16%'; '' without a wall time."""
+    wall = float(record.get("wall_s", 0.0))
+    return f"{100 * float(record.get('compile_s', 0.0)) / wall:.0f}%" if wall > 0 else ""
+
+
 def search_table(records: Sequence[Mapping[str, Any]]) -> Table:
     rows = []
     for r in newest_per_group(records):
@@ -44,7 +50,7 @@ def search_table(records: Sequence[Mapping[str, Any]]) -> Table:
                 "errors": r.get("errors", 0),
                 "from store": r.get("from_store", 0),
                 "jobs (reused)": f"{r.get('jobs', 0)} ({r.get('jobs_reused', 0)})",
-                "compiling": f"{100 * float(r.get('compile_s', 0.0)) / wall:.0f}%" if wall > 0 else "",
+                "compiling": compile_share(r),
                 "GPU": r.get("gpu_name") or "",
             }
         )
@@ -70,7 +76,7 @@ def search_lines(records: Sequence[Mapping[str, Any]]) -> list[str]:
     lines = []
     for r in newest_per_group(records):
         wall = float(r.get("wall_s", 0.0))
-        share = f", {100 * float(r.get('compile_s', 0.0)) / wall:.0f}% compiling" if wall > 0 else ""
+        share = f", {compile_share(r)} compiling" if wall > 0 else ""
         lines.append(
             f"search {r['case_id']} ({r.get('strategy')}): {wall / 60:.1f} min, "
             f"{r.get('measured', 0)} measured, {r.get('pruned', 0)} pruned, "
