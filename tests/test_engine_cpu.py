@@ -106,16 +106,22 @@ def test_oom_on_one_rank_only_is_agreed_and_the_probe_steps_down(tmp_path):
 
 @pytest.mark.slow
 def test_a_compiled_probe_compiles_one_graph_for_every_size(tmp_path):
+    from harness.engine import Engine
     from harness.methods import FREE_LUNCH
 
     case = Case(model="pythia-14m", gpu_type="cpu", gpus_per_node=1, method=FREE_LUNCH)
-    result = run(tmp_path, case, probe="always", max_micro_batch=4)
-    assert result.status == "ok", result.reason
-    probe = json.loads(next((tmp_path / "jobs" / case.id).glob("*/probe/result.json")).read_text())
-    assert probe["fits"] == [2, 4]
-    assert probe["compiled_graphs"] == 1  # no recompilation when the size changed from 2 to 4
+    engine = Engine(
+        store=ResultStore(tmp_path / "store"),
+        environment={},
+        fingerprint=lambda c: "test",
+        options=EngineOptions(work_dir=tmp_path / "jobs", timeout_s=240),
+    )
+    outcome = engine.run(case, engine.probe_job(case, [2, 4]), "probe")  # the probe alone: no timing
+    assert outcome.ok, outcome.failure()
+    assert outcome.result["fits"] == [2, 4]
+    assert outcome.result["compiled_graphs"] == 1  # no recompilation when the size changed from 2 to 4
     # Each fit says how many graphs were compiled by then: where a recompilation happened.
-    fits = [e for e in result.probe if e["event"] == "fit" and "implied_by" not in e]
+    fits = [e for e in outcome.probe_events() if e["event"] == "fit"]
     assert [e["compiled_graphs"] for e in fits] == [1, 1]
 
 
