@@ -134,8 +134,10 @@ def test_a_killed_rank_is_named_with_its_signal(tmp_path):
     assert_nothing_left(tmp_path)
 
 
-def test_a_hang_ends_at_the_job_timeout_with_every_workers_stack(tmp_path):
-    result = measure(tmp_path, TWO, fault="hang:rank=1:step=1", timeout_s=25)
+def test_a_hung_rank_that_ignores_sigterm_ends_at_the_job_timeout_with_its_stack(tmp_path):
+    """The hang (the job's timeout ends it) and the worker that ignores SIGTERM (only SIGKILL does) in
+    one job: rank 1 ignores SIGTERM and sleeps for ever."""
+    result = measure(tmp_path, TWO, fault="stubborn:rank=1:step=1", timeout_s=25)
     assert result.status == "error"
     assert "timed out after" in result.reason
     # Before the kill each worker printed its stacks: the hung rank is seen sleeping in the fault.
@@ -151,12 +153,6 @@ def test_a_collective_timeout_ends_in_gloos_own_error(tmp_path):
     assert result.status == "error"
     assert "timed out after" not in result.reason, "the job's own timeout came first"
     assert "rank 0:" in result.reason and "imed out" in result.reason, result.reason
-    assert_nothing_left(tmp_path)
-
-
-def test_workers_that_ignore_sigterm_are_killed_at_the_timeout(tmp_path):
-    result = measure(tmp_path, TWO, fault="stubborn:rank=1:step=1", timeout_s=25)
-    assert result.status == "error" and "timed out after" in result.reason
     assert_nothing_left(tmp_path)
 
 

@@ -96,7 +96,7 @@ def test_relative_folders_resolve_against_the_directory_pytest_runs_from(tmp_pat
         "-m",
         "cpu",
         "--models",
-        "pythia-14m",
+        "tiny-vit",
         "--gpu-counts",
         "1",
         "--methods",
@@ -104,6 +104,6 @@ def test_relative_folders_resolve_against_the_directory_pytest_runs_from(tmp_pat
     ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    assert list((tmp_path / "runs" / "jobs" / "pythia-14m-cpux1-naive").glob("*/time-mb8/result.json"))
-    assert list((tmp_path / "runs" / "results" / "pythia-14m-cpux1-naive").glob("*.json"))
+    assert list((tmp_path / "runs" / "jobs" / "tiny-vit-cpux1-naive").glob("*/time-mb8/result.json"))
+    assert list((tmp_path / "runs" / "results" / "tiny-vit-cpux1-naive").glob("*.json"))
     assert list((tmp_path / "runs" / "report").iterdir())
