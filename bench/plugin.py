@@ -23,6 +23,7 @@ from harness.methods import METHOD_SETS
 from harness.result import MIN_TIMED_STEPS
 from harness.strategies import STRATEGIES
 from models.names import suggest
+from reports.plugin import folder
 
 GPU_COUNTS = (1, 2, 4, 8)
 CPU_PROCESS_COUNTS = (1, 2)
@@ -86,16 +87,8 @@ def _at_least(option: str, low: float, kind: type = int, why: str = "") -> Calla
     return parse
 
 
-def _folder(value: str) -> Path:
-    """Option type: a folder, made absolute now: jobs run from the repository, not from here."""
-    path = Path(value).expanduser()
-    if path.exists() and not path.is_dir():
-        raise pytest.UsageError(f"{value} is a file; a folder is needed")
-    return path.absolute()
-
-
 def _cache(value: str) -> Path | None:
-    return None if value.lower() == "none" else _folder(value)
+    return None if value.lower() == "none" else folder(value)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -223,7 +216,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--jobs-dir",
-        type=_folder,
+        type=folder,  # absolute now: jobs run from the repository, not from here
         default=str(Path("runs") / "jobs"),
         help="where each job's files and output.log go (default: %(default)s)",
     )

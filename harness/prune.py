@@ -42,56 +42,42 @@ def _label(case: Case) -> str:
     return case.method.slug
 
 
+def _same(case: Case, other: Case, *fields: str) -> bool:
+    return all(getattr(case.method, f) == getattr(other.method, f) for f in fields)
+
+
+def _pruned(rule: str, case: Case, other: Case, fits: dict[str, int], without: str, why: str) -> Pruned:
+    """'<other> fits micro-batch N<without>, <case> M; <why>'."""
+    sizes = f"{_label(other)} fits micro-batch {fits[other.id]}{without}, {_label(case)} {fits[case.id]}"
+    return Pruned(rule=rule, by=other.id, reason=f"{sizes}; {why}")
+
+
 def _offload(case: Case, other: Case, fits: dict[str, int]) -> Pruned | None:
-    m, o = case.method, other.method
-    if not m.offloading or o.offloading:
+    if not case.method.offloading or other.method.offloading:
         return None
-    if (o.activation_checkpointing, o.free_lunch) != (m.activation_checkpointing, m.free_lunch):
+    if not _same(case, other, "activation_checkpointing", "free_lunch"):
         return None
-    return Pruned(
-        rule="offload",
-        by=other.id,
-        reason=(
-            f"{_label(other)} fits micro-batch {fits[other.id]} without offloading, {_label(case)} "
-            f"{fits[case.id]}; offloading adds host traffic and a CPU optimizer step and cannot be faster"
-        ),
-    )
+    why = "offloading adds host traffic and a CPU optimizer step and cannot be faster"
+    return _pruned("offload", case, other, fits, " without offloading", why)
 
 
 def _sharding(case: Case, other: Case, fits: dict[str, int]) -> Pruned | None:
     m, o = case.method, other.method
     if ENGINE[m.sharding] != ENGINE[o.sharding] or WEIGHT[o.sharding] >= WEIGHT[m.sharding]:
         return None
-    if (o.offloading, o.activation_checkpointing, o.free_lunch) != (
-        m.offloading,
-        m.activation_checkpointing,
-        m.free_lunch,
-    ):
+    if not _same(case, other, "offloading", "activation_checkpointing", "free_lunch"):
         return None
-    return Pruned(
-        rule="sharding",
-        by=other.id,
-        reason=(
-            f"{_label(other)} fits micro-batch {fits[other.id]}, {_label(case)} {fits[case.id]}; "
-            f"{_label(case)} shards more and communicates more per step: it cannot be faster"
-        ),
-    )
+    why = f"{_label(case)} shards more and communicates more per step: it cannot be faster"
+    return _pruned("sharding", case, other, fits, "", why)
 
 
 def _checkpointing(case: Case, other: Case, fits: dict[str, int]) -> Pruned | None:
-    m, o = case.method, other.method
-    if not m.activation_checkpointing or o.activation_checkpointing:
+    if not case.method.activation_checkpointing or other.method.activation_checkpointing:
         return None
-    if (o.sharding, o.offloading, o.free_lunch) != (m.sharding, m.offloading, m.free_lunch):
+    if not _same(case, other, "sharding", "offloading", "free_lunch"):
         return None
-    return Pruned(
-        rule="checkpointing",
-        by=other.id,
-        reason=(
-            f"{_label(other)} fits micro-batch {fits[other.id]} without checkpointing, {_label(case)} "
-            f"{fits[case.id]}; recomputing the forward pass cannot be faster"
-        ),
-    )
+    why = "recomputing the forward pass cannot be faster"
+    return _pruned("checkpointing", case, other, fits, " without checkpointing", why)
 
 
 RULES: dict[str, Callable[[Case, Case, dict[str, int]], Pruned | None]] = {

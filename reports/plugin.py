@@ -33,7 +33,7 @@ CHECK_KINDS = {name: kind for kind, name in CHECK_PROPERTIES.items()}  # propert
 DEFAULT_REPORT_DIR = Path("runs") / "report"
 
 
-def _folder(value: str) -> Path:
+def folder(value: str) -> Path:
     """Option type: a folder path (made absolute now, so a test that changes directory cannot move it)."""
     path = Path(value).expanduser()
     if path.exists() and not path.is_dir():
@@ -45,7 +45,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("pretrain-bench-report", "pretrain-bench report")
     group.addoption(
         "--report-dir",
-        type=_folder,
+        type=folder,
         default=str(DEFAULT_REPORT_DIR),
         metavar="DIR",
         help="write each session's report to a new folder DIR/<YYYYmmdd-HHMMSS>/ (default: %(default)s)",
@@ -55,7 +55,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--results-dir",
-        type=_folder,
+        type=folder,
         default=str(DEFAULT_ROOT),
         metavar="DIR",
         help="the results store: measured cases are kept and resumed from here, and the "

@@ -11,39 +11,26 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from bench_runs import REPO, bench_cmd, bench_env
 
-REPO = Path(__file__).resolve().parents[1]
 CASE_LINE = re.compile(r"^bench/test_cases\.py::test_case\[(.+)\]$", re.MULTILINE)
 SKIPPED_LINE = re.compile(r"^SKIPPED \[\d+\] [^:]+(?::\d+)?: (.+)$", re.MULTILINE)
-# Variables of the outer pytest (or the user's shell) that would change the child's run.
-LEAKY_ENV = ("PYTEST_ADDOPTS", "PYTEST_PLUGINS", "PRETRAIN_BENCH_HARDWARE", "PRETRAIN_BENCH_FAULT")
 
 
 def bench(
     tmp_path: Path, *args: str, node: str = "cpu", timeout: float = 600, extra_env: dict | None = None
 ) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in LEAKY_ENV}
-    env |= {"PRETRAIN_BENCH_NODE": node, "COLUMNS": "250", **(extra_env or {})}
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "bench",
-        "-p",
-        "no:cacheprovider",
-        "--results-dir",
-        str(tmp_path / "results"),
-        "--report-dir",
-        str(tmp_path / "report"),
-        "--jobs-dir",
-        str(tmp_path / "jobs"),
-        *args,
-    ]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        bench_cmd(tmp_path, *args),
+        cwd=REPO,
+        env=bench_env(node, extra_env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def output(proc: subprocess.CompletedProcess) -> str:
@@ -62,8 +49,8 @@ def files_under(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*") if p.is_file()) if path.exists() else []
 
 
-ONE_CPU_CASE = ("-m", "cpu", "--models", "pythia-14m", "--gpu-counts", "1", "--methods", "naive")
-CPU_ID = "pythia-14m-cpux1-naive"
+ONE_CPU_CASE = ("-m", "cpu", "--models", "tiny-vit", "--gpu-counts", "1", "--methods", "naive")
+CPU_ID = "tiny-vit-cpux1-naive"
 
 
 # --- collection ---------------------------------------------------------------------------------
@@ -353,7 +340,7 @@ def test_checks_only_needs_a_check_and_a_stored_result(tmp_path):
 def timed_out_pair(tmp_path_factory):
     """Two cpu cases of 42 collected (40 deselected by -m), each ended by a 2 s job timeout."""
     tmp = tmp_path_factory.mktemp("timeouts")
-    proc = bench(tmp, "-m", "cpu", "--models", "pythia-14m", "--methods", "naive", "--job-timeout", "2")
+    proc = bench(tmp, "-m", "cpu", "--models", "tiny-vit", "--methods", "naive", "--job-timeout", "2")
     # Not an assert: a broken setup must read as an error of the fixture, not a failed check.
     if proc.returncode != 1 or not re.search(r"2 failed, \d+ deselected", proc.stdout):
         raise RuntimeError(f"unexpected run (exit {proc.returncode}):\n{output(proc)[-4000:]}")
@@ -364,7 +351,7 @@ def timed_out_pair(tmp_path_factory):
 def test_progress_lines_are_shown_live(timed_out_pair):
     _, proc = timed_out_pair
     before_failures = proc.stdout.split(" FAILURES ")[0]
-    assert "[pythia-14m-cpux1-naive] time mb=8 gas=1/1" in before_failures
+    assert "[tiny-vit-cpux1-naive] time mb=8 gas=1/1" in before_failures
 
 
 @pytest.mark.slow

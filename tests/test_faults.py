@@ -13,12 +13,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from bench_runs import REPO, bench_cmd, bench_env
 
 from harness.cases import Case
 from harness.engine import Engine, EngineOptions
@@ -29,12 +29,10 @@ from harness.search import get_strategy
 from harness.store import ResultStore
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
 FAULTS_DIR = REPO / "runs" / "faults"
 # tiny-vit: the cheapest model to start and step on a CPU; what is tested here is the job, not the model.
 TWO = Case(model="tiny-vit", gpu_type="cpu", gpus_per_node=2, method=NAIVE)
 ONE = Case(model="tiny-vit", gpu_type="cpu", gpus_per_node=1, method=NAIVE)
-LEAKY_ENV = ("PYTEST_ADDOPTS", "PYTEST_PLUGINS", "PRETRAIN_BENCH_HARDWARE", "PRETRAIN_BENCH_FAULT")
 
 
 @pytest.fixture(autouse=True)
@@ -205,32 +203,11 @@ def _is_torchrun_of(proc: Path, root: Path) -> bool:
 def bench(
     tmp_path: Path, *args: str, env: dict | None = None, results: Path | None = None
 ) -> subprocess.Popen:
-    base = {k: v for k, v in os.environ.items() if k not in LEAKY_ENV}
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "bench",
-        "-p",
-        "no:cacheprovider",
-        "-m",
-        "cpu",
-        "--models",
-        "tiny-vit",
-        "--methods",
-        "naive",
-        "--results-dir",
-        str(results or tmp_path / "results"),
-        "--report-dir",
-        str(tmp_path / "report"),
-        "--jobs-dir",
-        str(tmp_path / "jobs"),
-        *args,
-    ]
+    cases = ("-m", "cpu", "--models", "tiny-vit", "--methods", "naive")
     return subprocess.Popen(
-        cmd,
+        bench_cmd(tmp_path, *cases, *args, results=results),
         cwd=REPO,
-        env=base | {"PRETRAIN_BENCH_NODE": "cpu", **(env or {})},
+        env=bench_env("cpu", env),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
